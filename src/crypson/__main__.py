@@ -1,0 +1,3 @@
+from crypson.cli import main
+
+main()

@@ -1,0 +1,204 @@
+"""params.yaml -> one validated, immutable config object.
+
+Every setting of every stage lives in params.yaml (one section per stage, as in DVC's
+example-get-started). This module turns it into typed objects; library code receives plain
+arguments from them and never reads files or environment variables for its settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SPLITS = ("balanced", "bymerge", "byclass", "letters", "digits", "mnist")
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the key and the allowed values."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GlyphsConfig(_Section):
+    train_per_class: int = Field(300, ge=2, le=100_000)
+    test_per_class: int = Field(60, ge=1, le=100_000)
+    fonts: tuple[str, ...] = ()
+    max_rotation_deg: float = Field(12.0, ge=0, le=45)
+    max_shear: float = Field(0.25, ge=0, le=1)
+    scale_range: tuple[float, float] = (0.75, 1.05)
+    max_translate_px: float = Field(2.0, ge=0, le=6)
+    stroke_width_max: int = Field(2, ge=0, le=6)
+    blur_sigma_max: float = Field(1.0, ge=0, le=3)
+    noise_std: float = Field(0.04, ge=0, le=0.5)
+
+
+class DataConfig(_Section):
+    source: Literal["glyphs", "emnist"] = "glyphs"
+    split: Literal[SPLITS] = "balanced"  # type: ignore[valid-type]
+    emnist_dir: str = "data/emnist"
+    emnist_download: bool = False
+    glyphs: GlyphsConfig = GlyphsConfig()
+
+
+class PrepareConfig(_Section):
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    image_size: Literal[32] = 32
+
+
+class ValidateConfig(_Section):
+    min_class_fraction: float = Field(0.5, gt=0, le=1)
+    max_class_fraction: float = Field(2.0, ge=1)
+    pixel_mean_range: tuple[float, float] = (0.02, 0.6)
+    min_pixel_std: float = Field(0.02, ge=0, lt=0.5)
+
+
+class _TrainConfig(_Section):
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(128, ge=1, le=65_536)
+    lr: float = Field(2e-4, gt=0, le=1)
+    betas: tuple[float, float] = (0.5, 0.999)
+    max_train_batches: int | None = Field(None, ge=1)  # fast path for tests: cap batches per epoch
+
+
+class CganConfig(_TrainConfig):
+    noise_dim: int = Field(64, ge=1)
+    generator_width: int = Field(64, ge=1)
+    discriminator_hidden: tuple[int, ...] = (2048, 2048, 1024, 512)
+    discriminator_embed_dim: int = Field(1024, ge=1)
+    samples_per_class: int = Field(8, ge=1, le=64)
+
+
+class VaeConfig(_TrainConfig):
+    latent_dim: int = Field(8, ge=1)
+    channels: tuple[int, int, int, int] = (32, 64, 128, 256)
+    recon_weight: float = Field(1.0, gt=0)
+    kl_weight: float = Field(0.7, ge=0)
+
+
+class ClassifierConfig(_TrainConfig):
+    hidden: int = Field(512, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+
+
+class EvaluateConfig(_Section):
+    generated_per_class: int = Field(50, ge=1, le=10_000)
+    batch_size: int = Field(512, ge=1)
+
+
+class PromoteConfig(_Section):
+    min_accuracy_real: float = Field(0.5, ge=0, le=1)
+    min_accuracy_generated: float = Field(0.5, ge=0, le=1)
+    min_psnr_db: float = Field(12.0, ge=0)
+
+
+class TrackingConfig(_Section):
+    experiment: str = Field("crypson", min_length=1)
+    # Embedded default: a SQLite store in the working folder, no server.
+    # The MLFLOW_TRACKING_URI environment variable overrides it (read by the CLI only).
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_dir: str = "mlartifacts"
+
+
+class Config(_Section):
+    seed: int = Field(42, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = DataConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    cgan: CganConfig = CganConfig(epochs=200)
+    vae: VaeConfig = VaeConfig(epochs=100)
+    classifier: ClassifierConfig = ClassifierConfig(epochs=100, betas=(0.9, 0.999))
+    evaluate: EvaluateConfig = EvaluateConfig()
+    promote: PromoteConfig = PromoteConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> "Config":
+        low, high = self.data.glyphs.scale_range
+        if not 0 < low <= high <= 2:
+            raise ValueError(f"data.glyphs.scale_range must satisfy 0 < low <= high <= 2, got {[low, high]}")
+        low, high = self.validate_.pixel_mean_range
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"validate.pixel_mean_range must satisfy 0 <= low < high <= 1, got {[low, high]}")
+        return self
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+    """One readable line for one pydantic error: the dotted key, what is wrong, the allowed values."""
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        section: Any = model
+        for part in error["loc"][:-1]:
+            field = section.model_fields.get(part) or next(
+                f for f in section.model_fields.values() if f.alias == part
+            )
+            section = field.annotation
+        allowed = sorted(f.alias or name for name, f in section.model_fields.items())
+        return f"unknown key '{key}'; allowed keys here: {', '.join(allowed)}"
+    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def parse_config(raw: dict[str, Any], source: str = "params") -> Config:
+    """Validate a params mapping.
+
+    Args:
+        raw: the parsed YAML mapping.
+        source: a name for error messages (usually the file path).
+    Returns:
+        The validated Config.
+    Raises:
+        ConfigError: naming every bad key, its value and what is allowed.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(err, Config) for err in exc.errors()]
+        raise ConfigError(f"{source}: invalid params:\n  " + "\n  ".join(lines)) from None
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge `override` into a copy of `base` (override wins)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: Path | str = "params.yaml", overrides: list[Path] | None = None) -> Config:
+    """Read params.yaml (plus optional partial override files, applied in order) into a Config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path.resolve()}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    for override in overrides or []:
+        raw = deep_merge(raw, yaml.safe_load(Path(override).read_text()) or {})
+    return parse_config(raw, source=str(path))
+
+
+def section_params(config: Config, *sections: str) -> dict[str, Any]:
+    """Flatten the named sections (dotted keys) for MLflow params: exactly what a stage used."""
+    dumped = config.model_dump(by_alias=True, mode="json")
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, inner)
+        else:
+            flat[prefix] = value
+
+    for section in sections:
+        walk(section, dumped[section])
+    return flat

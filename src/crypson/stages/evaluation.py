@@ -1,0 +1,138 @@
+"""Evaluation and promotion stages.
+
+evaluate: receiver-path accuracy and confusion matrix on the real test split and, separately,
+on fresh cGAN images; VAE PSNR and SSIM on the test split. promote: the gates in params.yaml
+decide whether the registered version set becomes `champion`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import mlflow
+import torch
+
+from crypson import artifacts, tracking
+from crypson.config import Config
+from crypson.data.prepare import load_prepared
+from crypson.evaluate import metrics
+from crypson.io import atomic_write_json
+from crypson.stages.common import Layout, write_csv
+from crypson.train.loop import resolve_device
+from crypson.train.vae import to_unit_range
+
+log = logging.getLogger(__name__)
+
+
+def _confusion_figure(confusion: torch.Tensor, classes: tuple[str, ...], title: str):
+    import matplotlib.pyplot as plt
+
+    size = max(5.0, 0.22 * len(classes))
+    figure, axes = plt.subplots(figsize=(size, size))
+    normalised = confusion.double() / confusion.sum(1, keepdim=True).clamp(min=1)
+    axes.imshow(normalised.numpy(), cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(len(classes)), classes, fontsize=7)
+    axes.set_yticks(range(len(classes)), classes, fontsize=7)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("actual")
+    axes.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def evaluate(config: Config, layout: Layout, context: tracking.TrackingContext) -> dict[str, float]:
+    """Score the trained models; write DVC metrics and plots; log the MLflow evaluation run."""
+    import matplotlib.pyplot as plt
+
+    device = resolve_device(config.device)
+    data = load_prepared(layout.prepared)
+    generator, _ = artifacts.load_model(layout.model_dir("cgan") / "generator.pt", "generator", device)
+    vae, _ = artifacts.load_model(layout.model_dir("vae") / "vae.pt", "vae", device)
+    classifier, classes = artifacts.load_model(layout.model_dir("classifier") / "classifier.pt", "classifier", device)
+    if classes != data.classes:
+        raise ValueError(f"the classifier was trained on classes {''.join(classes)!r}, "
+                         f"the data has {''.join(data.classes)!r}: re-run the pipeline")
+    K = len(classes)
+
+    test_images = to_unit_range(torch.from_numpy(data.test.images))  # (N, 1, 32, 32)
+    test_labels = torch.from_numpy(data.test.labels)
+    predicted, reconstructions = metrics.receiver_predict(vae, classifier, test_images, config.evaluate.batch_size)
+    confusion_real = metrics.confusion_matrix(predicted, test_labels, K)
+    accuracy_real, per_class_real = metrics.accuracy_from_confusion(confusion_real)
+
+    generated, generated_labels = metrics.generate_images(generator, config.evaluate.generated_per_class, config.seed)
+    predicted_generated, _ = metrics.receiver_predict(vae, classifier, generated, config.evaluate.batch_size)
+    confusion_generated = metrics.confusion_matrix(predicted_generated, generated_labels, K)
+    accuracy_generated, _ = metrics.accuracy_from_confusion(confusion_generated)
+
+    results = {
+        "accuracy_real": accuracy_real,
+        "accuracy_generated": accuracy_generated,
+        "psnr_db": float(metrics.psnr_per_image(reconstructions, test_images).mean()),
+        "ssim": metrics.ssim(reconstructions, test_images),
+        "chance": 1.0 / K,
+        "worst_class_accuracy_real": min(a for a in per_class_real if not math.isnan(a)),
+    }
+    results = {key: round(value, 6) for key, value in results.items()}
+    per_class = {char: round(acc, 6) for char, acc in zip(classes, per_class_real)}
+
+    atomic_write_json(layout.metrics("evaluate"), results)
+    atomic_write_json(layout.root / "reports" / "per_class_accuracy.json", per_class)
+    for name, actual, guess in (("real", test_labels, predicted), ("generated", generated_labels, predicted_generated)):
+        write_csv(layout.plot(f"confusion_{name}.csv"),
+                  [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(actual.tolist(), guess.tolist())])
+
+    with tracking.stage_run(context, "evaluate"):
+        tracking.log_params({"evaluate.generated_per_class": config.evaluate.generated_per_class,
+                             "seed": config.seed, "data.version": data.manifest["data_version"]})
+        mlflow.log_metrics(results)
+        mlflow.log_dict(per_class, "per_class_accuracy.json")
+        for name, confusion, accuracy in (("real", confusion_real, accuracy_real),
+                                          ("generated", confusion_generated, accuracy_generated)):
+            figure = _confusion_figure(confusion, classes, f"receiver path, {name} images: accuracy {accuracy:.3f}")
+            mlflow.log_figure(figure, f"confusion_{name}.png")
+            plt.close(figure)
+            mlflow.log_dict({"classes": list(classes), "matrix": confusion.tolist()}, f"confusion_{name}.json")
+    return results
+
+
+def check_gates(config: Config, results: dict[str, float]) -> list[dict]:
+    """Each gate with its value, threshold and margin; a gate passes when value >= threshold."""
+    gates = config.promote
+    thresholds = {"accuracy_real": gates.min_accuracy_real, "accuracy_generated": gates.min_accuracy_generated,
+                  "psnr_db": gates.min_psnr_db}
+    return [{"metric": metric, "value": results[metric], "threshold": threshold,
+             "margin": round(results[metric] - threshold, 6), "passed": results[metric] >= threshold}
+            for metric, threshold in thresholds.items()]
+
+
+def promote(config: Config, layout: Layout, context: tracking.TrackingContext) -> dict:
+    """Move `champion` to this execution's three versions if, and only if, every gate passes.
+
+    A failing gate is reported with its shortfall, `champion` stays where it was, and the stage
+    still succeeds: not promoting is a valid outcome of a pipeline run.
+    """
+    results = json.loads(layout.metrics("evaluate").read_text())
+    versions = {}
+    for kind in ("cgan", "vae", "classifier"):
+        registration = json.loads((layout.model_dir(kind) / "registration.json").read_text())
+        versions[registration["name"]] = registration["version"]
+    gates = check_gates(config, results)
+    passed = all(gate["passed"] for gate in gates)
+    before = tracking.champion_versions(list(versions))
+    with tracking.stage_run(context, "promote"):
+        mlflow.log_dict({"gates": gates}, "gates.json")
+        mlflow.log_metrics({f"gate_margin.{g['metric']}": g["margin"] for g in gates})
+        mlflow.set_tags({"promoted": str(passed).lower(), **{f"version.{n}": v for n, v in versions.items()}})
+        if passed:
+            tracking.set_champion(versions)
+    failed = [g for g in gates if not g["passed"]]
+    for gate in failed:
+        log.warning("gate failed: %s = %.4g is below %.4g by %.4g; champion stays at %s",
+                    gate["metric"], gate["value"], gate["threshold"], -gate["margin"], before)
+    decision = {"promoted": passed, "gates": gates, "candidate_versions": versions,
+                "champion_before": before, "champion_after": versions if passed else before}
+    atomic_write_json(layout.promotion_report, decision)
+    return decision

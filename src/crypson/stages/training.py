@@ -1,0 +1,181 @@
+"""Training stages: cGAN, VAE, classifier. Each trains through the shared loop, saves its model
+file (a DVC output), logs its MLflow run and registers a new version with alias `candidate`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import mlflow
+import torch
+
+from crypson import artifacts, tracking
+from crypson.config import Config, section_params
+from crypson.data.prepare import PreparedData, load_prepared
+from crypson.io import atomic_write_json
+from crypson.models import cgan as cgan_model
+from crypson.models import classifier as classifier_model
+from crypson.models import vae as vae_model
+from crypson.stages.common import Layout, log_image_grid, log_loss_curves, write_csv
+from crypson.train import cgan as cgan_train
+from crypson.train import classifier as classifier_train
+from crypson.train import loop
+from crypson.train import vae as vae_train
+from crypson.train.loop import FitResult, InMemoryBatches, LoopSettings, fingerprint_of, fit, resolve_device
+
+
+def _settings(config: Config, layout: Layout, stage: str, data: PreparedData,
+              code: tuple[ModuleType, ...], progress: bool) -> LoopSettings:
+    section = getattr(config, stage)
+    modules = (loop, *code)
+    return LoopSettings(
+        epochs=section.epochs,
+        checkpoint_path=layout.checkpoint(stage),
+        # A checkpoint is resumed only by the same params, data and training code.
+        fingerprint=fingerprint_of(section.model_dump(mode="json"), config.seed, data.manifest["data_version"],
+                                   files=tuple(Path(m.__file__) for m in modules)),
+        device=resolve_device(config.device),
+        seed=config.seed,
+        max_train_batches=section.max_train_batches,
+        progress=progress,
+    )
+
+
+def _run_params(config: Config, stage: str, data: PreparedData) -> dict[str, Any]:
+    """What this run depends on: its own section, the seed, the device, and the data's identity."""
+    return {**section_params(config, stage, "data"), "seed": config.seed, "device": config.device,
+            "data.version": data.manifest["data_version"], "data.num_classes": len(data.classes)}
+
+
+@contextmanager
+def _tracked_fit(task: loop.TrainTask, batches: InMemoryBatches, settings: LoopSettings,
+                 context: tracking.TrackingContext, stage: str, params: dict[str, Any]) -> Iterator[FitResult]:
+    """Fit inside the stage's MLflow run, resuming both the run and the weights after an interruption."""
+    checkpoint = loop.read_checkpoint(settings)
+    resume_id = checkpoint["extra"].get("mlflow_run_id") if checkpoint else None
+    with tracking.stage_run(context, stage, resume_id) as run_id:
+        tracking.log_params(params)
+        yield fit(task, batches, settings, on_epoch_end=tracking.log_epoch_metrics,
+                  extra={"mlflow_run_id": run_id})
+
+
+def _finish(layout: Layout, stage: str, result: FitResult, registration: dict[str, str]) -> None:
+    """Stage outputs for DVC: registration record, final metrics, per-epoch plot; then drop the checkpoint."""
+    atomic_write_json(layout.model_dir(stage.removeprefix("train_")) / "registration.json", registration)
+    final = {key: round(value, 6) for key, value in result.history[-1].items() if "seconds" not in key}
+    atomic_write_json(layout.metrics(stage), {**final, "best_epoch": result.best_epoch + 1})
+    write_csv(layout.plot(f"{stage}.csv"),
+              [{"epoch": i + 1, **{k: round(v, 6) for k, v in row.items()}} for i, row in enumerate(result.history)])
+    layout.checkpoint(stage.removeprefix("train_")).unlink(missing_ok=True)
+
+
+def _register(context: tracking.TrackingContext, kind: str, model_uri: str, data: PreparedData,
+              description: str, extra_tags: dict[str, str] | None = None) -> dict[str, str]:
+    name = tracking.MODEL_NAMES[kind]
+    tags = {**context.tags, "data_source": data.manifest["source"], "data_split": data.manifest["split"],
+            "classes": json.dumps("".join(data.classes)), "run_id": mlflow.active_run().info.run_id,
+            **(extra_tags or {})}
+    version = tracking.register_version(model_uri, name, tags, description)
+    mlflow.set_tag(f"registered.{name}", version)
+    return {"name": name, "version": version, "run_id": tags["run_id"], "model_uri": model_uri}
+
+
+def train_cgan(config: Config, layout: Layout, context: tracking.TrackingContext, progress: bool = True) -> dict:
+    """Train the conditional GAN on the training split; register `crypson-cgan`."""
+    data = load_prepared(layout.prepared)
+    section, classes = config.cgan, data.classes
+    settings = _settings(config, layout, "cgan", data, (cgan_model, cgan_train), progress)
+    loop.seed_everything(config.seed)
+    g_params = {"num_classes": len(classes), "noise_dim": section.noise_dim, "width": section.generator_width}
+    d_params = {"num_classes": len(classes), "embed_dim": section.discriminator_embed_dim,
+                "hidden": list(section.discriminator_hidden)}
+    generator = artifacts.build("generator", g_params).to(settings.device)
+    discriminator = artifacts.build("discriminator", d_params).to(settings.device)
+    task = cgan_train.CganTask(generator, discriminator, section.lr, section.betas)
+    batches = InMemoryBatches((torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)),
+                              section.batch_size, seed=config.seed)
+    with _tracked_fit(task, batches, settings, context, "train_cgan", _run_params(config, "cgan", data)) as result:
+        generator.load_state_dict(result.best_state["generator"])
+        discriminator.load_state_dict(result.best_state["discriminator"])
+        out = layout.model_dir("cgan")
+        artifacts.save_model(out / "generator.pt", "generator", g_params, result.best_state["generator"], classes)
+        artifacts.save_model(out / "discriminator.pt", "discriminator", d_params,
+                             result.best_state["discriminator"], classes)
+        log_image_grid(cgan_train.sample_grid(generator, section.samples_per_class, config.seed),
+                       "samples_per_class.png", columns=section.samples_per_class * 4)
+        log_loss_curves(result.history, ["loss_discriminator", "loss_generator"], "loss_curves.png")
+        probe = (torch.randn(4, section.noise_dim), torch.arange(4) % len(classes))
+        uri = tracking.log_model_verified(generator, "generator", probe, lambda m, p: m(*p))
+        registration = _register(context, "cgan", uri, data,
+                                 "Conditional GAN: (noise, class index) -> 32x32 character image in [-1, 1].")
+    _finish(layout, "train_cgan", result, registration)
+    return registration
+
+
+def train_vae(config: Config, layout: Layout, context: tracking.TrackingContext, progress: bool = True) -> dict:
+    """Train the VAE on real (or glyph) training images; register `crypson-vae`."""
+    data = load_prepared(layout.prepared)
+    section = config.vae
+    settings = _settings(config, layout, "vae", data, (vae_model, vae_train), progress)
+    loop.seed_everything(config.seed)
+    params = {"latent_dim": section.latent_dim, "channels": list(section.channels)}
+    vae = artifacts.build("vae", params).to(settings.device)
+    task = vae_train.VaeTask(vae, section.lr, section.betas, section.recon_weight, section.kl_weight,
+                             torch.from_numpy(data.val.images), section.batch_size)
+    batches = InMemoryBatches((torch.from_numpy(data.train.images),), section.batch_size, seed=config.seed)
+    with _tracked_fit(task, batches, settings, context, "train_vae", _run_params(config, "vae", data)) as result:
+        vae.load_state_dict(result.best_state["vae"])
+        artifacts.save_model(layout.model_dir("vae") / "vae.pt", "vae", params, result.best_state["vae"], data.classes)
+        sample = torch.from_numpy(data.test.images[:32])
+        log_image_grid(vae_train.reconstruction_grid(vae, sample), "reconstructions.png", columns=16)
+        log_loss_curves(result.history, ["loss", "val_loss"], "loss_curves.png")
+        probe = (vae_train.to_unit_range(sample[:4]),)
+        uri = tracking.log_model_verified(
+            vae, "vae", probe, lambda m, p: m.decoder(m.encode_mean(p[0])).flatten())
+        registration = _register(context, "vae", uri, data,
+                                 f"VAE: 32x32 image in [0, 1] <-> {section.latent_dim}-d latent (encode_mean, decoder).")
+    _finish(layout, "train_vae", result, registration)
+    return registration
+
+
+def train_classifier(config: Config, layout: Layout, context: tracking.TrackingContext,
+                     progress: bool = True) -> dict:
+    """Train the latent classifier over the trained VAE's frozen decoder; register `crypson-classifier`."""
+    data = load_prepared(layout.prepared)
+    section = config.classifier
+    settings = _settings(config, layout, "classifier", data,
+                         (classifier_model, classifier_train, vae_model), progress)
+    vae_path = layout.model_dir("vae") / "vae.pt"
+    vae_registration = json.loads((layout.model_dir("vae") / "registration.json").read_text())
+    # The VAE's weights are part of what a classifier checkpoint depends on.
+    settings = LoopSettings(**{**settings.__dict__, "fingerprint": fingerprint_of(
+        settings.fingerprint, files=(vae_path,))})
+    vae, _ = artifacts.load_model(vae_path, "vae", settings.device)
+    loop.seed_everything(config.seed)
+    params = {"latent_dim": vae.latent_dim, "channels": list(config.vae.channels),
+              "num_classes": len(data.classes), "hidden": section.hidden, "dropout": section.dropout}
+    classifier = classifier_model.LatentClassifier(vae.decoder, len(data.classes), section.hidden,
+                                                   section.dropout).to(settings.device)
+    train_mu, train_logvar = classifier_train.encode_images(vae, torch.from_numpy(data.train.images))
+    val_mu, _ = classifier_train.encode_images(vae, torch.from_numpy(data.val.images))
+    task = classifier_train.ClassifierTask(classifier, section.lr, section.betas, val_mu,
+                                           torch.from_numpy(data.val.labels), section.batch_size)
+    batches = InMemoryBatches((train_mu.cpu(), train_logvar.cpu(), torch.from_numpy(data.train.labels)),
+                              section.batch_size, seed=config.seed)
+    run_params = {**_run_params(config, "classifier", data), "vae.version": vae_registration["version"]}
+    with _tracked_fit(task, batches, settings, context, "train_classifier", run_params) as result:
+        classifier.load_state_dict(result.best_state["classifier"])
+        artifacts.save_model(layout.model_dir("classifier") / "classifier.pt", "classifier", params,
+                             result.best_state["classifier"], data.classes)
+        log_loss_curves(result.history, ["loss", "val_loss"], "loss_curves.png")
+        uri = tracking.log_model_verified(classifier, "classifier", (val_mu[:4].cpu(),), lambda m, p: m(*p))
+        registration = _register(
+            context, "classifier", uri, data,
+            "Latent classifier: latent -> class logits through the frozen VAE decoder.",
+            {"vae_version": vae_registration["version"]})
+    _finish(layout, "train_classifier", result, registration)
+    return registration

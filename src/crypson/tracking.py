@@ -1,0 +1,182 @@
+"""MLflow: runs grouped by pipeline execution, verified model logging, registry and aliases.
+
+Registered models carry aliases (`candidate` on every new version, `champion` only through
+the evaluation's gates) instead of the deprecated stages. A version is created only after its
+artifacts were uploaded and loaded back; if anything fails after that, the version is deleted,
+so the registry never holds a version without its model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+CANDIDATE, CHAMPION = "candidate", "champion"
+MODEL_NAMES = {"cgan": "crypson-cgan", "vae": "crypson-vae", "classifier": "crypson-classifier"}
+EXECUTION_TAG = "crypson.execution"
+
+
+@dataclass(frozen=True)
+class TrackingContext:
+    """Where and under which pipeline execution a stage logs."""
+
+    experiment_id: str
+    parent_run_id: str
+    tags: dict[str, str]  # git commit, data version, runner ids: put on every run and version
+
+
+def configure(tracking_uri: str, experiment: str, artifact_dir: Path | None = None) -> str:
+    """Point MLflow at `tracking_uri` and return the experiment id (created when missing).
+
+    Args:
+        tracking_uri: e.g. `sqlite:///mlflow.db` (embedded) or `http://host:5000` (a server).
+        experiment: experiment name.
+        artifact_dir: local artifact folder for a new experiment on an embedded store; a
+            server decides its own artifact root, so this is ignored for http(s) URIs.
+    """
+    mlflow.set_tracking_uri(tracking_uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if artifact_dir is not None and not tracking_uri.startswith(("http://", "https://", "databricks")):
+        location = Path(artifact_dir).resolve().as_uri()
+    return mlflow.create_experiment(experiment, artifact_location=location)
+
+
+def execution_run(experiment_id: str, key: str, name: str, tags: dict[str, str]) -> str:
+    """The parent run that groups one pipeline execution's stage runs; created on first use.
+
+    `key` identifies the execution (a KFP run id, or the code+params state for `dvc repro`),
+    so stages run as separate processes still land under one parent in the MLflow UI.
+    """
+    client = MlflowClient()
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{EXECUTION_TAG}` = '{key}'", max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=name, tags={**tags, EXECUTION_TAG: key})
+    client.set_terminated(run.info.run_id)  # a grouping node only: it has no work of its own
+    return run.info.run_id
+
+
+@contextmanager
+def stage_run(context: TrackingContext, stage: str, resume_run_id: str | None = None) -> Iterator[str]:
+    """Start (or resume, after an interruption) the MLflow run of one stage; yields its run id."""
+    if resume_run_id is not None:
+        run = mlflow.start_run(run_id=resume_run_id)
+    else:
+        run = mlflow.start_run(
+            experiment_id=context.experiment_id, run_name=stage, parent_run_id=context.parent_run_id,
+            tags={**context.tags, "crypson.stage": stage},
+        )
+    with run:
+        yield run.info.run_id
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log params once; MLflow refuses to change a logged value, so a resumed run skips equal ones."""
+    run = mlflow.active_run()
+    existing = MlflowClient().get_run(run.info.run_id).data.params if run else {}
+    fresh = {k: v for k, v in params.items() if k not in existing}
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+def log_epoch_metrics(epoch: int, metrics: dict[str, float]) -> None:
+    mlflow.log_metrics(metrics, step=epoch)
+
+
+def log_model_verified(
+    model: nn.Module, name: str, probe: tuple[torch.Tensor, ...],
+    compare: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor],
+) -> str:
+    """Log `model`, load it back and check it computes what the original does.
+
+    Args:
+        model: the trained module (eval mode is set here).
+        name: artifact name within the run.
+        probe: example inputs.
+        compare: function(model, probe) -> a tensor to compare between original and loaded.
+    Returns:
+        The logged model's URI, for registration.
+    """
+    model = model.cpu().eval()
+    # MLflow 3 defaults to the torch.export ("pt2") format, which needs a single-tensor example
+    # and cannot express the generator's two inputs or the VAE's tuple output: pickle instead.
+    info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
+                                    pip_requirements=_pip_requirements())
+    loaded = mlflow.pytorch.load_model(info.model_uri, map_location="cpu").eval()
+    with torch.no_grad():
+        expected, actual = compare(model, probe), compare(loaded, probe)
+    if not torch.allclose(expected, actual, atol=1e-6):
+        raise RuntimeError(f"model {name!r} loaded back from MLflow computes different outputs; not registering it")
+    return info.model_uri
+
+
+def _pip_requirements() -> list[str]:
+    # The logged model unpickles classes from the crypson package: record it with torch.
+    return [f"torch=={torch.__version__.split('+')[0]}", "crypson"]
+
+
+def register_version(model_uri: str, registered_name: str, tags: dict[str, str], description: str) -> str:
+    """Register `model_uri` as a new version with tags and the `candidate` alias.
+
+    Returns:
+        The new version number (as a string).
+    Raises:
+        Whatever MLflow raised; a version created before the failure is deleted first.
+    """
+    client = MlflowClient()
+    try:
+        client.get_registered_model(registered_name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(registered_name, description=description)
+    version = mlflow.register_model(model_uri, registered_name, tags=tags)
+    try:
+        client.update_model_version(registered_name, version.version, description=description)
+        client.set_registered_model_alias(registered_name, CANDIDATE, version.version)
+    except Exception:
+        client.delete_model_version(registered_name, version.version)
+        raise
+    return str(version.version)
+
+
+def champion_versions(names: list[str]) -> dict[str, str | None]:
+    """Current `champion` version of each registered model (None where unset)."""
+    client = MlflowClient()
+    found: dict[str, str | None] = {}
+    for name in names:
+        try:
+            found[name] = str(client.get_model_version_by_alias(name, CHAMPION).version)
+        except mlflow.exceptions.MlflowException:
+            found[name] = None
+    return found
+
+
+def set_champion(versions: dict[str, str]) -> None:
+    """Move `champion` to the given version of each registered model."""
+    client = MlflowClient()
+    for name, version in versions.items():
+        client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def disable_telemetry() -> None:
+    """MLflow 3 and DVC send usage telemetry unless told not to; nothing leaves this machine."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")

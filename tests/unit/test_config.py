@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crypson.config import ConfigError, deep_merge, load_config, parse_config, section_params
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_params_and_presets_are_valid():
+    config = load_config(REPO / "params.yaml")
+    assert config.data.source == "glyphs"
+    assert config.vae.latent_dim == 8 and config.vae.kl_weight == 0.7
+    tiny = load_config(REPO / "params.yaml", [REPO / "presets" / "tiny.yaml"])
+    assert tiny.cgan.epochs == 2 and tiny.vae.latent_dim == 8  # untouched keys keep their value
+    report = load_config(REPO / "params.yaml", [REPO / "presets" / "report.yaml"])
+    assert report.cgan.discriminator_hidden == (2048, 2048, 1024, 512)
+    assert report.data.source == "emnist"
+
+
+def test_unknown_key_names_key_and_allowed_keys():
+    with pytest.raises(ConfigError) as error:
+        parse_config({"vae": {"lrr": 0.1}})
+    message = str(error.value)
+    assert "unknown key 'vae.lrr'" in message
+    assert "lr" in message and "kl_weight" in message
+
+
+def test_unknown_top_level_section():
+    with pytest.raises(ConfigError, match="unknown key 'vea'.*allowed keys here:.*vae"):
+        parse_config({"vea": {}})
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ({"data": {"source": "mnist"}}, "data.source: Input should be 'glyphs' or 'emnist' (got 'mnist')"),
+        ({"vae": {"lr": -1}}, "vae.lr: Input should be greater than 0 (got -1)"),
+        ({"cgan": {"epochs": "many"}}, "cgan.epochs"),
+        ({"data": {"split": "everything"}}, "data.split"),
+        ({"device": "tpu"}, "device: Input should be 'auto', 'cpu' or 'cuda'"),
+        ({"data": {"glyphs": {"scale_range": [1.2, 0.8]}}}, "scale_range"),
+    ],
+)
+def test_bad_values_name_the_key(raw, fragment):
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw)
+    assert fragment in str(error.value)
+
+
+def test_every_error_is_reported_at_once():
+    with pytest.raises(ConfigError) as error:
+        parse_config({"vae": {"lr": 0}, "cgan": {"batch_size": 0}})
+    assert "vae.lr" in str(error.value) and "cgan.batch_size" in str(error.value)
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "list.yaml"
+    bad.write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(bad)
+
+
+def test_deep_merge_and_section_params():
+    assert deep_merge({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"c": 9}}) == {"a": {"b": 1, "c": 9}, "d": 3}
+    flat = section_params(parse_config({}), "vae")
+    assert flat["vae.latent_dim"] == 8
+    assert flat["vae.channels"] == [32, 64, 128, 256]
+    assert not any(key.startswith("cgan.") for key in flat)
