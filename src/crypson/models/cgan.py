@@ -63,7 +63,7 @@ class Discriminator(nn.Module):
         num_classes: number of classes K.
         image_size: side of the square input image.
         embed_dim: label embedding length (the reference: 1024).
-        hidden: widths of the hidden linear layers (the reference: 2048, 2048, 2048, 1024, 512).
+        hidden: widths of the hidden linear layers (the reference: 2048, 2048, 1024, 512).
     """
 
     def __init__(
@@ -71,7 +71,7 @@ class Discriminator(nn.Module):
         num_classes: int,
         image_size: int = 32,
         embed_dim: int = 1024,
-        hidden: tuple[int, ...] = (2048, 2048, 2048, 1024, 512),
+        hidden: tuple[int, ...] = (2048, 2048, 1024, 512),
     ) -> None:
         super().__init__()
         self.label_embedding = nn.Embedding(num_classes, embed_dim)
