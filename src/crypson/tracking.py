@@ -118,8 +118,14 @@ def log_model_verified(
     model = model.cpu().eval()
     # MLflow 3 defaults to the torch.export ("pt2") format, which needs a single-tensor example
     # and cannot express the generator's two inputs or the VAE's tuple output: pickle instead.
-    info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
-                                    pip_requirements=_pip_requirements())
+    pytorch_log = logging.getLogger("mlflow.pytorch")
+    level = pytorch_log.level
+    pytorch_log.setLevel(logging.ERROR)  # its warning about pickle is the choice made above
+    try:
+        info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
+                                        pip_requirements=_pip_requirements())
+    finally:
+        pytorch_log.setLevel(level)
     loaded = mlflow.pytorch.load_model(info.model_uri, map_location="cpu").eval()
     with torch.no_grad():
         expected, actual = compare(model, probe), compare(loaded, probe)
@@ -169,10 +175,25 @@ def champion_versions(names: list[str]) -> dict[str, str | None]:
 
 
 def set_champion(versions: dict[str, str]) -> None:
-    """Move `champion` to the given version of each registered model."""
+    """Move `champion` to the given version of each registered model, all or none.
+
+    If moving one alias fails, the aliases already moved are put back before the error is raised,
+    so `champion` never points at a mixed set.
+    """
     client = MlflowClient()
-    for name, version in versions.items():
-        client.set_registered_model_alias(name, CHAMPION, version)
+    before = champion_versions(list(versions))
+    moved: list[str] = []
+    try:
+        for name, version in versions.items():
+            client.set_registered_model_alias(name, CHAMPION, version)
+            moved.append(name)
+    except Exception:
+        for name in moved:
+            if before[name] is None:
+                client.delete_registered_model_alias(name, CHAMPION)
+            else:
+                client.set_registered_model_alias(name, CHAMPION, before[name])
+        raise
 
 
 def disable_telemetry() -> None:

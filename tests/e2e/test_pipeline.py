@@ -1,0 +1,131 @@
+"""End to end: the tiny configuration through `dvc repro` in a fresh git + DVC repository.
+
+Real parts only: the installed `crypson` CLI, DVC, great-expectations and an embedded MLflow
+store in the temporary repository.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def edit_params(repo: Path, **sections: dict) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def registry(repo: Path) -> dict:
+    """name -> {'versions': [...], 'aliases': {...}} read from the repo's embedded MLflow store."""
+    script = (
+        "import json, mlflow; c = mlflow.MlflowClient('sqlite:///mlflow.db'); print(json.dumps({"
+        "m.name: {'aliases': {k: str(v) for k, v in m.aliases.items()}, 'versions': sorted(str(v.version) "
+        "for v in c.search_model_versions(f\"name='{m.name}'\")), 'tags': {str(v.version): v.tags "
+        "for v in c.search_model_versions(f\"name='{m.name}'\")}} for m in c.search_registered_models()}))"
+    )
+    return json.loads(run([sys.executable, "-c", script], repo).stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("crypson")
+    for item in ("src", "presets", "dvc.yaml", "params.yaml"):
+        source = REPO / item
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, repo / item)
+    run(["git", "init", "-q"], repo)
+    run(["dvc", "init", "-q"], repo)
+    run(["crypson", "preset", "tiny"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-qm", "tiny"], repo)
+    first = run(["dvc", "repro"], repo)
+    return repo, first
+
+
+def test_pipeline_registers_three_candidates_and_promotes(pipeline):
+    repo, _ = pipeline
+    models = registry(repo)
+    assert set(models) == {"crypson-cgan", "crypson-vae", "crypson-classifier"}
+    for name, model in models.items():
+        assert model["aliases"] == {"candidate": "1", "champion": "1"}, name
+        tags = model["tags"]["1"]
+        assert tags["git_commit"] and len(tags["data_version"]) == 64 and tags["data_source"] == "glyphs"
+        assert tags["dvc_data_md5"].endswith(".dir")  # the DVC hash of data/raw
+    assert models["crypson-classifier"]["tags"]["1"]["vae_version"] == "1"
+    decision = json.loads((repo / "reports" / "promotion.json").read_text())
+    assert decision["promoted"] is True
+
+
+def test_dvc_metrics_and_versioned_data(pipeline):
+    repo, _ = pipeline
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    evaluation = shown[""]["data"]["metrics/evaluate.json"]["data"]
+    assert 0 <= evaluation["accuracy_real"] <= 1 and 0 <= evaluation["accuracy_generated"] <= 1
+    assert evaluation["psnr_db"] > 0 and evaluation["chance"] == pytest.approx(1 / 47, abs=1e-6)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert [out["path"] for out in lock["stages"]["ingest"]["outs"]] == ["data/raw"]
+    assert (repo / "plots" / "confusion_real.csv").read_text().startswith("actual,predicted")
+    assert json.loads((repo / "reports" / "validation.json").read_text())["success"] is True
+    assert not list((repo / "checkpoints").glob("*.pt"))  # removed once each stage finished
+
+
+def test_second_repro_does_nothing(pipeline):
+    repo, _ = pipeline
+    again = run(["dvc", "repro"], repo)
+    assert "Data and pipelines are up to date" in again.stdout
+
+
+def test_param_change_reruns_only_dependents_and_failed_gate_keeps_champion(pipeline):
+    repo, _ = pipeline
+    edit_params(repo, vae={"lr": 0.002}, promote={"min_psnr_db": 99.0})
+    rerun = run(["dvc", "repro"], repo)
+    assert "Stage 'train_cgan' didn't change, skipping" in rerun.stdout
+    assert "Running stage 'train_vae'" in rerun.stdout and "Running stage 'train_classifier'" in rerun.stdout
+    assert "gate failed: psnr_db" in rerun.stderr
+    models = registry(repo)
+    assert models["crypson-vae"]["aliases"] == {"candidate": "2", "champion": "1"}
+    assert models["crypson-classifier"]["aliases"] == {"candidate": "2", "champion": "1"}
+    assert models["crypson-cgan"]["versions"] == ["1"]
+    decision = json.loads((repo / "reports" / "promotion.json").read_text())
+    failed = [gate for gate in decision["gates"] if not gate["passed"]]
+    assert [gate["metric"] for gate in failed] == ["psnr_db"]
+    assert failed[0]["margin"] == pytest.approx(decision["gates"][2]["value"] - 99.0, abs=1e-5)
+    assert decision["promoted"] is False and decision["champion_after"] == decision["champion_before"]
+
+
+def test_validation_failure_stops_the_pipeline_with_a_summary(pipeline):
+    repo, _ = pipeline
+    edit_params(repo, validate={"min_pixel_std": 0.45})
+    failed = run(["dvc", "repro"], repo, check=False)
+    assert failed.returncode != 0
+    assert "data validation failed" in failed.stderr
+    assert "std: expect_column_values_to_be_between" in failed.stderr
+    report = json.loads((repo / "reports" / "validation.json").read_text())
+    assert report["success"] is False
+
+
+def test_missing_emnist_files_are_a_clear_error(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"source": "emnist", "emnist_dir": "nowhere"}}))
+    failed = run(["crypson", "stage", "ingest"], tmp_path, check=False)
+    assert failed.returncode == 2
+    assert "nowhere" in failed.stderr and "emnist-balanced-train-images-idx3-ubyte.gz" in failed.stderr
+    assert not (tmp_path / "data" / "raw").exists()
