@@ -56,7 +56,8 @@ def make_task(name: str, config, device: torch.device, rows: int):
     vae = VAE(config.vae.latent_dim, config.vae.channels).to(device)
     latents = torch.randn(rows, config.vae.latent_dim)
     classifier = LatentClassifier(vae.decoder, CLASSES, c.hidden, c.dropout).to(device)
-    task = ClassifierTask(classifier, c.lr, c.betas, latents[:c.batch_size], labels[:c.batch_size], c.batch_size)
+    task = ClassifierTask(classifier, c.lr, c.betas, {"real": (latents[:c.batch_size], labels[:c.batch_size])},
+                          c.batch_size)
     return task, (latents, torch.zeros_like(latents) - 4, labels), c.batch_size
 
 

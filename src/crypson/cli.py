@@ -14,12 +14,14 @@ import typer
 import yaml
 
 from crypson import tracking
+from crypson.cipher import cli as cipher_cli
 from crypson.config import Config, ConfigError, deep_merge, load_config, parse_config
 from crypson.io import atomic_write_bytes
 
 app = typer.Typer(help="Crypson: latent-space text encryption as an MLOps pipeline.", no_args_is_help=True)
 stage_app = typer.Typer(help="Run one pipeline stage (what dvc.yaml calls).", no_args_is_help=True)
 app.add_typer(stage_app, name="stage")
+cipher_cli.register(app)
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params file")]
 RootOption = Annotated[Path, typer.Option("--root", help="folder the stage outputs live under")]

@@ -83,6 +83,7 @@ class VaeConfig(_TrainConfig):
 class ClassifierConfig(_TrainConfig):
     hidden: int = Field(512, ge=1)
     dropout: float = Field(0.2, ge=0, lt=1)
+    generated_fraction: float = Field(0.5, ge=0, lt=1)  # share of training latents from cGAN images
 
 
 class EvaluateConfig(_Section):
@@ -94,6 +95,13 @@ class PromoteConfig(_Section):
     min_accuracy_real: float = Field(0.5, ge=0, le=1)
     min_accuracy_generated: float = Field(0.5, ge=0, le=1)
     min_psnr_db: float = Field(12.0, ge=0)
+
+
+class CipherConfig(_Section):
+    scheme: Literal["report", "keyed-timestep", "keyed-gaussian", "keyed-modular"] = "keyed-modular"
+    gaussian_sigma: float = Field(4.0, gt=0, le=1000)
+    modular_range: float = Field(6.0, gt=0, le=1000)
+    models: str = Field("champion", min_length=1)  # registry alias, or a folder holding models/
 
 
 class TrackingConfig(_Section):
@@ -115,6 +123,7 @@ class Config(_Section):
     classifier: ClassifierConfig = ClassifierConfig(epochs=100, betas=(0.9, 0.999))
     evaluate: EvaluateConfig = EvaluateConfig()
     promote: PromoteConfig = PromoteConfig()
+    cipher: CipherConfig = CipherConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -5,27 +5,15 @@ store in the temporary repository.
 """
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.e2e.helpers import run
+
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-
-def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-    return done
 
 
 def edit_params(repo: Path, **sections: dict) -> None:
@@ -44,21 +32,6 @@ def registry(repo: Path) -> dict:
         "for v in c.search_model_versions(f\"name='{m.name}'\")}} for m in c.search_registered_models()}))"
     )
     return json.loads(run([sys.executable, "-c", script], repo).stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("crypson")
-    for item in ("src", "presets", "dvc.yaml", "params.yaml"):
-        source = REPO / item
-        (shutil.copytree if source.is_dir() else shutil.copy2)(source, repo / item)
-    run(["git", "init", "-q"], repo)
-    run(["dvc", "init", "-q"], repo)
-    run(["crypson", "preset", "tiny"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-qm", "tiny"], repo)
-    first = run(["dvc", "repro"], repo)
-    return repo, first
 
 
 def test_pipeline_registers_three_candidates_and_promotes(pipeline):

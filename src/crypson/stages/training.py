@@ -3,6 +3,7 @@ file (a DVC output), logs its MLflow run and registers a new version with alias 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ import torch
 from crypson import artifacts, tracking
 from crypson.config import Config, section_params
 from crypson.data.prepare import PreparedData, load_prepared
+from crypson.evaluate.metrics import generate_images
 from crypson.io import atomic_write_json
 from crypson.models import cgan as cgan_model
 from crypson.models import classifier as classifier_model
@@ -142,40 +144,67 @@ def train_vae(config: Config, layout: Layout, context: tracking.TrackingContext,
     return registration
 
 
+def _generated_latents(layout: Layout, vae: torch.nn.Module, count: int, classes: int, seed: int,
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mu, logvar, labels) of `count` class-balanced cGAN images: the images the cipher encodes."""
+    generator, _ = artifacts.load_model(layout.model_dir("cgan") / "generator.pt", "generator", device)
+    per_class = -(-count // classes)
+    images, labels = generate_images(generator, per_class, seed)
+    mu, logvar = classifier_train.encode_images(vae, images.mul(255).round().to(torch.uint8).squeeze(1))
+    return mu[:count].cpu(), logvar[:count].cpu(), labels[:count]
+
+
 def train_classifier(config: Config, layout: Layout, context: tracking.TrackingContext,
                      progress: bool = True) -> dict:
-    """Train the latent classifier over the trained VAE's frozen decoder; register `crypson-classifier`."""
+    """Train the latent classifier over the trained VAE's frozen decoder; register `crypson-classifier`.
+
+    Its training latents are those of real training images and, for `generated_fraction` of
+    them, of fresh cGAN images: the cipher always classifies cGAN images, so the classifier
+    learns both; evaluation reports accuracy on each separately.
+    """
     data = load_prepared(layout.prepared)
     section = config.classifier
     settings = _settings(config, layout, "classifier", data,
                          (classifier_model, classifier_train, vae_model), progress)
-    vae_path = layout.model_dir("vae") / "vae.pt"
+    vae_path, cgan_path = layout.model_dir("vae") / "vae.pt", layout.model_dir("cgan") / "generator.pt"
     vae_registration = json.loads((layout.model_dir("vae") / "registration.json").read_text())
-    # The VAE's weights are part of what a classifier checkpoint depends on.
-    settings = LoopSettings(**{**settings.__dict__, "fingerprint": fingerprint_of(
-        settings.fingerprint, files=(vae_path,))})
+    cgan_registration = json.loads((layout.model_dir("cgan") / "registration.json").read_text())
+    # The VAE's and the cGAN's weights are part of what a classifier checkpoint depends on.
+    settings = dataclasses.replace(settings, fingerprint=fingerprint_of(settings.fingerprint,
+                                                                         files=(vae_path, cgan_path)))
     vae, _ = artifacts.load_model(vae_path, "vae", settings.device)
     loop.seed_everything(config.seed)
+    classes = len(data.classes)
     params = {"latent_dim": vae.latent_dim, "channels": list(config.vae.channels),
-              "num_classes": len(data.classes), "hidden": section.hidden, "dropout": section.dropout}
-    classifier = classifier_model.LatentClassifier(vae.decoder, len(data.classes), section.hidden,
+              "num_classes": classes, "hidden": section.hidden, "dropout": section.dropout}
+    classifier = classifier_model.LatentClassifier(vae.decoder, classes, section.hidden,
                                                    section.dropout).to(settings.device)
-    train_mu, train_logvar = classifier_train.encode_images(vae, torch.from_numpy(data.train.images))
+    mu, logvar = classifier_train.encode_images(vae, torch.from_numpy(data.train.images))
+    labels = torch.from_numpy(data.train.labels)
     val_mu, _ = classifier_train.encode_images(vae, torch.from_numpy(data.val.images))
-    task = classifier_train.ClassifierTask(classifier, section.lr, section.betas, val_mu,
-                                           torch.from_numpy(data.val.labels), section.batch_size)
-    batches = InMemoryBatches((train_mu.cpu(), train_logvar.cpu(), torch.from_numpy(data.train.labels)),
-                              section.batch_size, seed=config.seed)
-    run_params = {**_run_params(config, "classifier", data), "vae.version": vae_registration["version"]}
+    validation = {"real": (val_mu, torch.from_numpy(data.val.labels))}
+    fraction = section.generated_fraction
+    if fraction > 0:
+        count = round(len(labels) * fraction / (1 - fraction))
+        gen_mu, gen_logvar, gen_labels = _generated_latents(layout, vae, count, classes, config.seed, settings.device)
+        mu, logvar = torch.cat([mu.cpu(), gen_mu]), torch.cat([logvar.cpu(), gen_logvar])
+        labels = torch.cat([labels, gen_labels])
+        val_gen_mu, _, val_gen_labels = _generated_latents(layout, vae, len(data.val.labels), classes,
+                                                           config.seed + 1, settings.device)
+        validation["generated"] = (val_gen_mu, val_gen_labels)
+    task = classifier_train.ClassifierTask(classifier, section.lr, section.betas, validation, section.batch_size)
+    batches = InMemoryBatches((mu.cpu(), logvar.cpu(), labels), section.batch_size, seed=config.seed)
+    versions = {"vae_version": vae_registration["version"], "cgan_version": cgan_registration["version"]}
+    run_params = {**_run_params(config, "classifier", data), **{k.replace("_", "."): v for k, v in versions.items()}}
     with _tracked_fit(task, batches, settings, context, "train_classifier", run_params) as result:
         classifier.load_state_dict(result.best_state["classifier"])
         artifacts.save_model(layout.model_dir("classifier") / "classifier.pt", "classifier", params,
                              result.best_state["classifier"], data.classes)
-        log_loss_curves(result.history, ["loss", "val_loss"], "loss_curves.png")
+        log_loss_curves(result.history, [k for k in result.history[0] if k.startswith("val_accuracy")],
+                        "accuracy_curves.png")
         uri = tracking.log_model_verified(classifier, "classifier", (val_mu[:4].cpu(),), lambda m, p: m(*p))
         registration = _register(
             context, "classifier", uri, data,
-            "Latent classifier: latent -> class logits through the frozen VAE decoder.",
-            {"vae_version": vae_registration["version"]})
+            "Latent classifier: latent -> class logits through the frozen VAE decoder.", versions)
     _finish(layout, "train_classifier", result, registration)
     return registration

@@ -29,11 +29,12 @@ def encode_images(vae: VAE, images_u8: torch.Tensor, batch_size: int = 1024) -> 
 
 
 class ClassifierTask:
-    """Batches are (mu, logvar, class_index) of training images.
+    """Batches are (mu, logvar, class_index) of training images, real and cGAN-generated.
 
     Training samples z ~ q(z|x) rather than the mean: the same posterior the VAE was trained
     with, a free augmentation that makes the classifier tolerant of small latent errors.
-    The receiver classifies the mean. The best epoch has the highest validation accuracy.
+    The receiver classifies the mean. Validation reports each named set (real images, cGAN
+    images) separately; the best epoch has the highest mean accuracy over them.
     """
 
     monitor = "val_accuracy"
@@ -41,11 +42,11 @@ class ClassifierTask:
 
     def __init__(
         self, classifier: LatentClassifier, lr: float, betas: tuple[float, float],
-        val_latents: torch.Tensor, val_labels: torch.Tensor, batch_size: int,
+        validation: dict[str, tuple[torch.Tensor, torch.Tensor]], batch_size: int,
     ) -> None:
         self.classifier = classifier
         self.optimizer = torch.optim.Adam(classifier.head.parameters(), lr=lr, betas=betas)
-        self.val_latents, self.val_labels, self.batch_size = val_latents, val_labels, batch_size
+        self.validation, self.batch_size = validation, batch_size
         self.autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
 
     def modules(self) -> dict[str, nn.Module]:
@@ -66,15 +67,24 @@ class ClassifierTask:
         accuracy = (logits.detach().argmax(1) == class_index).float().mean()
         return {"loss": loss, "accuracy": accuracy}
 
-    def validate(self) -> dict[str, float]:
+    def _score(self, latents: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
         device = next(self.classifier.parameters()).device
         totals = torch.zeros(2, device=device)
-        for start in range(0, len(self.val_latents), self.batch_size):
-            latent = self.val_latents[start : start + self.batch_size].to(device)
-            labels = self.val_labels[start : start + self.batch_size].to(device)
+        for start in range(0, len(latents), self.batch_size):
+            latent = latents[start : start + self.batch_size].to(device)
+            target = labels[start : start + self.batch_size].to(device)
             with self.autocast():
                 logits = self.classifier(latent).float()
-            totals += torch.stack([F.cross_entropy(logits, labels, reduction="sum"),
-                                   (logits.argmax(1) == labels).sum().float()])
-        val_loss, val_accuracy = (totals / len(self.val_latents)).tolist()
-        return {"val_loss": val_loss, "val_accuracy": val_accuracy}
+            totals += torch.stack([F.cross_entropy(logits, target, reduction="sum"),
+                                   (logits.argmax(1) == target).sum().float()])
+        loss, accuracy = (totals / len(latents)).tolist()
+        return loss, accuracy
+
+    def validate(self) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for name, (latents, labels) in self.validation.items():
+            metrics[f"val_loss_{name}"], metrics[f"val_accuracy_{name}"] = self._score(latents, labels)
+        names = list(self.validation)
+        metrics["val_loss"] = sum(metrics[f"val_loss_{n}"] for n in names) / len(names)
+        metrics["val_accuracy"] = sum(metrics[f"val_accuracy_{n}"] for n in names) / len(names)
+        return metrics

@@ -1,0 +1,1 @@
+"""Keys, mask schemes, the authenticated ciphertext envelope and the text codec."""

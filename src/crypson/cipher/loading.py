@@ -1,0 +1,57 @@
+"""Load the three networks for the cipher: from the MLflow registry by alias, or from the
+pipeline's local outputs (models/ after `dvc repro`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+
+from crypson import artifacts
+from crypson.cipher.codec import CipherModels
+from crypson.tracking import MODEL_NAMES
+
+
+def from_registry(alias: str = "champion", device: torch.device | str = "cpu") -> CipherModels:
+    """The versions that `alias` points at, loaded by number (so a moving alias cannot mix sets).
+
+    Raises:
+        LookupError: an alias that is missing on a model, or a classifier trained on another VAE.
+    """
+    client = MlflowClient()
+    modules, versions, tags = {}, {}, {}
+    for kind in ("cgan", "vae", "classifier"):
+        name = MODEL_NAMES[kind]
+        try:
+            version = client.get_model_version_by_alias(name, alias)
+        except mlflow.exceptions.MlflowException:
+            raise LookupError(f"registered model {name!r} has no alias {alias!r}: run the pipeline "
+                              f"(dvc repro) or pick another alias (candidate, champion)") from None
+        versions[name], tags[kind] = str(version.version), version.tags
+        modules[kind] = mlflow.pytorch.load_model(f"models:/{name}/{version.version}", map_location=device)
+    if tags["classifier"].get("vae_version") not in (None, versions[MODEL_NAMES["vae"]]):
+        raise LookupError(f"{MODEL_NAMES['classifier']} v{versions[MODEL_NAMES['classifier']]} was trained on "
+                          f"{MODEL_NAMES['vae']} v{tags['classifier']['vae_version']}, but {alias!r} points at "
+                          f"v{versions[MODEL_NAMES['vae']]}")
+    classes = tuple(json.loads(tags["classifier"]["classes"]))
+    return CipherModels(modules["cgan"], modules["vae"], modules["classifier"], classes, versions)
+
+
+def from_directory(root: Path, device: torch.device | str = "cpu") -> CipherModels:
+    """The models a pipeline run wrote under `root`/models, with their registered versions."""
+    models = Path(root) / "models"
+    generator, classes = artifacts.load_model(models / "cgan" / "generator.pt", "generator", device)
+    vae, _ = artifacts.load_model(models / "vae" / "vae.pt", "vae", device)
+    classifier, classifier_classes = artifacts.load_model(models / "classifier" / "classifier.pt", "classifier", device)
+    if classes != classifier_classes:
+        raise ValueError(f"the cGAN and the classifier in {models} were trained on different classes")
+    versions = {}
+    for kind in ("cgan", "vae", "classifier"):
+        record = models / kind / "registration.json"
+        if record.is_file():
+            registration = json.loads(record.read_text())
+            versions[registration["name"]] = str(registration["version"])
+    return CipherModels(generator, vae, classifier, classes, versions)

@@ -1,0 +1,83 @@
+"""`crypson keygen | encrypt | decrypt` against the tiny pipeline's registered models.
+
+The tiny models are untrained, so the decrypted characters are not the sent ones; what is checked
+is the command-line contract: the registry's champion models are used, spaces and length survive,
+a wrong key or a modified ciphertext gives a clear error and no plaintext, and the key appears in
+no output, log, or tracking store.
+"""
+
+import base64
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.helpers import BIN
+
+pytestmark = pytest.mark.e2e
+
+
+def crypson(repo: Path, *args: str, stdin: bytes = b"", env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(["crypson", *args], cwd=repo, input=stdin, capture_output=True, env=full_env)
+
+
+def test_encrypt_decrypt_round_trip_and_refusals(pipeline):
+    repo, _ = pipeline
+    key_file = repo / "alice.key"
+    assert crypson(repo, "keygen", "--key-file", str(key_file)).returncode == 0
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    again = crypson(repo, "keygen", "--key-file", str(key_file))
+    assert again.returncode == 2 and b"refusing to overwrite" in again.stderr
+
+    sent = crypson(repo, "encrypt", "--key-file", str(key_file), stdin=b"Hello World 42\n")
+    assert sent.returncode == 0, sent.stderr
+    envelope = json.loads(sent.stdout)
+    assert envelope["scheme"] == "keyed-modular" and envelope["count"] == 14
+    assert envelope["models"]["crypson-vae"]  # the champion versions it was made with
+
+    back = crypson(repo, "decrypt", "--key-file", str(key_file), "--images", "hello.png", stdin=sent.stdout)
+    assert back.returncode == 0, back.stderr
+    text = back.stdout.decode().rstrip("\n")
+    assert len(text) == 14 and [c == " " for c in text] == [c == " " for c in "Hello World 42"]
+    assert (repo / "hello.png").read_bytes().startswith(b"\x89PNG")
+
+    other = repo / "mallory.key"
+    crypson(repo, "keygen", "--key-file", str(other))
+    wrong = crypson(repo, "decrypt", "--key-file", str(other), stdin=sent.stdout)
+    assert wrong.returncode == 2 and b"authentication failed" in wrong.stderr and wrong.stdout == b""
+
+    tampered = dict(envelope, payload=base64.b64encode(b"\0" * 224).decode())
+    modified = crypson(repo, "decrypt", "--key-file", str(key_file), stdin=json.dumps(tampered).encode())
+    assert modified.returncode == 2 and b"authentication failed" in modified.stderr and modified.stdout == b""
+
+    baseline = crypson(repo, "encrypt", "Hi", "--scheme", "report", "--key-file", str(key_file))
+    assert baseline.returncode == 2 and b"--insecure-baseline" in baseline.stderr
+
+    # The key in any of its forms is nowhere: outputs, errors, the MLflow store, the artifacts.
+    material = bytes.fromhex(key_file.read_text().strip())
+    forms = [material.hex().encode(), material.hex().upper().encode(), base64.b64encode(material),
+             base64.urlsafe_b64encode(material)]
+    outputs = [sent.stdout, sent.stderr, back.stdout, back.stderr, wrong.stderr, modified.stderr]
+    stored = [p.read_bytes() for p in [repo / "mlflow.db", *(repo / "mlartifacts").rglob("*")] if p.is_file()]
+    for blob in outputs + stored:
+        assert not any(form in blob for form in forms)
+
+
+def test_key_from_environment_and_bad_input(pipeline):
+    repo, _ = pipeline
+    key = crypson(repo, "keygen", "--key-file", str(repo / "env.key"))
+    assert key.returncode == 0
+    env = {"CRYPSON_KEY": (repo / "env.key").read_text().strip()}
+    binary = crypson(repo, "encrypt", "AB", "--binary", env=env)
+    assert binary.returncode == 0 and binary.stdout.startswith(b"CRYP")
+    assert crypson(repo, "decrypt", stdin=binary.stdout, env=env).returncode == 0
+    unsupported = crypson(repo, "encrypt", "Hi!", env=env)
+    assert unsupported.returncode == 2 and b"unsupported characters '!'" in unsupported.stderr
+    nokey = crypson(repo, "encrypt", "Hi")
+    assert nokey.returncode == 2 and b"CRYPSON_KEY" in nokey.stderr
+    truncated = crypson(repo, "decrypt", stdin=binary.stdout[:-5], env=env)
+    assert truncated.returncode == 2 and b"truncated" in truncated.stderr
