@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from crypson import artifacts
 from crypson.config import load_config
-from crypson.models.cgan import Discriminator, Generator
 from crypson.models.classifier import LatentClassifier
 from crypson.models.vae import VAE
 from crypson.train.cgan import CganTask
@@ -43,9 +43,12 @@ def make_task(name: str, config, device: torch.device, rows: int):
     labels = torch.randint(0, CLASSES, (rows,))
     if name == "cgan":
         c = config.cgan
-        task = CganTask(Generator(CLASSES, c.noise_dim, c.generator_width).to(device),
-                        Discriminator(CLASSES, 32, c.discriminator_embed_dim, c.discriminator_hidden).to(device),
-                        c.lr, c.betas)
+        generator = artifacts.build("generator", {"num_classes": CLASSES, "noise_dim": c.noise_dim,
+                                                  "width": c.generator_width, "conditioning": c.conditioning,
+                                                  "label_dim": c.label_dim})
+        discriminator = artifacts.build("discriminator", {"num_classes": CLASSES, "embed_dim": c.discriminator_embed_dim,
+                                                          "hidden": c.discriminator_hidden})
+        task = CganTask(generator.to(device), discriminator.to(device), c.lr, c.betas)
         return task, (images, labels), c.batch_size
     if name == "vae":
         c = config.vae
@@ -119,15 +122,12 @@ def main() -> None:
         runs = {"bare": [], "crypson": [], "dataloader": []}
         for _ in range(args.repeats):
             for kind, timer in (("bare", time_bare), ("crypson", time_crypson), ("dataloader", time_dataloader)):
-                task, tensors, batch_size = make_task(name, config, device, rows=batch_size_rows(args.steps, config, name))
+                rows = (args.steps + 4) * getattr(config, name).batch_size
+                task, tensors, batch_size = make_task(name, config, device, rows)
                 timer(task, tensors, batch_size, 3, device)  # warm-up
                 runs[kind].append(timer(task, tensors, batch_size, args.steps, device))
         bare, ours, loader = (statistics.median(runs[k]) for k in ("bare", "crypson", "dataloader"))
         print(f"{name:<11}{bare:>12.0f}{ours:>15.0f}{(bare / ours - 1):>10.1%}{loader:>18.0f}{ours / loader:>8.2f}x")
-
-
-def batch_size_rows(steps: int, config, name: str) -> int:
-    return (steps + 1) * getattr(config, name).batch_size
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ FORMAT = 1
 def build(kind: str, hparams: dict[str, Any]) -> nn.Module:
     """A fresh module of `kind` from its hyper-parameters."""
     if kind == "generator":
-        return Generator(hparams["num_classes"], hparams["noise_dim"], hparams["width"])
+        return Generator(hparams["num_classes"], hparams["noise_dim"], hparams["width"],
+                         hparams.get("conditioning", "multiply"), hparams.get("label_dim", 16))
     if kind == "discriminator":
         return Discriminator(hparams["num_classes"], 32, hparams["embed_dim"], tuple(hparams["hidden"]))
     if kind == "vae":

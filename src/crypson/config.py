@@ -68,6 +68,8 @@ class _TrainConfig(_Section):
 class CganConfig(_TrainConfig):
     noise_dim: int = Field(64, ge=1)
     generator_width: int = Field(64, ge=1)
+    conditioning: Literal["multiply", "concat"] = "multiply"
+    label_dim: int = Field(16, ge=1)  # label embedding length for conditioning: concat
     discriminator_hidden: tuple[int, ...] = (2048, 2048, 1024, 512)
     discriminator_embed_dim: int = Field(1024, ge=1)
     samples_per_class: int = Field(8, ge=1, le=64)

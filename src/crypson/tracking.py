@@ -89,9 +89,14 @@ def stage_run(context: TrackingContext, stage: str, resume_run_id: str | None = 
 
 
 def log_params(params: dict[str, Any]) -> None:
-    """Log params once; MLflow refuses to change a logged value, so a resumed run skips equal ones."""
+    """Log params once. A resumed run logs them again: equal values are skipped, and a changed
+    value is an error (MLflow cannot change a logged param, and the run would lie about itself)."""
     run = mlflow.active_run()
     existing = MlflowClient().get_run(run.info.run_id).data.params if run else {}
+    changed = {k: (existing[k], str(v)) for k, v in params.items() if k in existing and existing[k] != str(v)}
+    if changed:
+        raise ValueError(f"resumed run {run.info.run_id} was started with other params {changed} (logged, new); "
+                         "delete the checkpoint in checkpoints/ to start over")
     fresh = {k: v for k, v in params.items() if k not in existing}
     if fresh:
         mlflow.log_params(fresh)
@@ -123,7 +128,7 @@ def log_model_verified(
     pytorch_log.setLevel(logging.ERROR)  # its warning about pickle is the choice made above
     try:
         info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
-                                        pip_requirements=_pip_requirements())
+                                        pip_requirements=pip_requirements())
     finally:
         pytorch_log.setLevel(level)
     loaded = mlflow.pytorch.load_model(info.model_uri, map_location="cpu").eval()
@@ -134,13 +139,21 @@ def log_model_verified(
     return info.model_uri
 
 
-def _pip_requirements() -> list[str]:
-    # The logged model unpickles classes from the crypson package: record it with torch.
-    return [f"torch=={torch.__version__.split('+')[0]}", "crypson"]
+def pip_requirements() -> list[str]:
+    """Pinned requirements of a logged model: it unpickles classes from the crypson package.
+
+    crypson is not published on PyPI: serve with `--env-manager local` in an environment (or
+    the project's image) where this version is installed, so nothing is fetched by name.
+    """
+    from importlib.metadata import version
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"crypson=={version('crypson')}",
+            f"mlflow=={mlflow.__version__}"]
 
 
-def register_version(model_uri: str, registered_name: str, tags: dict[str, str], description: str) -> str:
-    """Register `model_uri` as a new version with tags and the `candidate` alias.
+def register_version(model_uri: str, registered_name: str, tags: dict[str, str], description: str,
+                     alias: str = CANDIDATE) -> str:
+    """Register `model_uri` as a new version with tags and an alias (`candidate` by default).
 
     Returns:
         The new version number (as a string).
@@ -155,23 +168,28 @@ def register_version(model_uri: str, registered_name: str, tags: dict[str, str],
     version = mlflow.register_model(model_uri, registered_name, tags=tags)
     try:
         client.update_model_version(registered_name, version.version, description=description)
-        client.set_registered_model_alias(registered_name, CANDIDATE, version.version)
+        client.set_registered_model_alias(registered_name, alias, version.version)
     except Exception:
         client.delete_model_version(registered_name, version.version)
         raise
     return str(version.version)
 
 
-def champion_versions(names: list[str]) -> dict[str, str | None]:
-    """Current `champion` version of each registered model (None where unset)."""
+def alias_versions(names: list[str], alias: str = CHAMPION) -> dict[str, str | None]:
+    """The version `alias` points at for each registered model (None where unset)."""
     client = MlflowClient()
     found: dict[str, str | None] = {}
     for name in names:
         try:
-            found[name] = str(client.get_model_version_by_alias(name, CHAMPION).version)
+            found[name] = str(client.get_model_version_by_alias(name, alias).version)
         except mlflow.exceptions.MlflowException:
             found[name] = None
     return found
+
+
+def champion_versions(names: list[str]) -> dict[str, str | None]:
+    """Current `champion` version of each registered model (None where unset)."""
+    return alias_versions(names, CHAMPION)
 
 
 def set_champion(versions: dict[str, str]) -> None:

@@ -52,8 +52,14 @@ def test_dvc_metrics_and_versioned_data(pipeline):
     repo, _ = pipeline
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     evaluation = shown[""]["data"]["metrics/evaluate.json"]["data"]
-    assert 0 <= evaluation["accuracy_real"] <= 1 and 0 <= evaluation["accuracy_generated"] <= 1
-    assert evaluation["psnr_db"] > 0 and evaluation["chance"] == pytest.approx(1 / 47, abs=1e-6)
+    assert evaluation["chance"] == pytest.approx(1 / 47, abs=1e-6)
+    # The metric agrees with the per-image predictions the confusion plot is drawn from.
+    for split in ("real", "generated"):
+        rows = (repo / "plots" / f"confusion_{split}.csv").read_text().splitlines()[1:]
+        hits = sum(actual == predicted for actual, predicted in (row.split(",") for row in rows))
+        assert evaluation[f"accuracy_{split}"] == pytest.approx(hits / len(rows), abs=1e-6)
+    assert len((repo / "plots" / "confusion_generated.csv").read_text().splitlines()) == 1 + 47 * 4
+    assert 0 < evaluation["psnr_db"] < 60 and 0 < evaluation["ssim"] <= 1
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert [out["path"] for out in lock["stages"]["ingest"]["outs"]] == ["data/raw"]
     assert (repo / "plots" / "confusion_real.csv").read_text().startswith("actual,predicted")

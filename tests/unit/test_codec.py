@@ -54,13 +54,16 @@ def test_batch_round_trip_returns_the_senders_latents(models, fixed_randomness):
     results = codec.decrypt(models, codec.encrypt(models, texts, key, scheme), key)
     received = torch.cat([r.latents for r in results])
     assert torch.equal(received, scheme.dequantise(scheme.quantise(sent)))  # exact under keyed-modular
-    predicted = codec.classify_latents(models, received).numpy()
+    # The receiver's text is what the sender's own classifier says of the sender's latents.
+    expected = models.classifier(scheme.dequantise(scheme.quantise(sent))).argmax(1).numpy()
     start = 0
     for text, result in zip(texts, results):
         encoded = models.alphabet.encode(text)
         assert result.is_space.tolist() == encoded.is_space.tolist()
-        assert result.text == models.alphabet.decode(predicted[start:start + len(text)], encoded.is_space)
         assert [c == " " for c in result.text] == [c == " " for c in text]
+        for position, char in enumerate(result.text):
+            if char != " ":
+                assert char == CLASSES[expected[start + position]]
         start += len(text)
 
 

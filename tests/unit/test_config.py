@@ -70,3 +70,12 @@ def test_deep_merge_and_section_params():
     assert flat["vae.latent_dim"] == 8
     assert flat["vae.channels"] == [32, 64, 128, 256]
     assert not any(key.startswith("cgan.") for key in flat)
+
+
+def test_config_knows_exactly_the_cipher_schemes():
+    from typing import get_args
+
+    from crypson.cipher.envelope import SCHEMES
+    from crypson.config import CipherConfig
+
+    assert set(get_args(CipherConfig.model_fields["scheme"].annotation)) == set(SCHEMES)

@@ -84,3 +84,13 @@ def test_timestep_embeddings():
     assert DiscreteTimestepEmbedding(num_positions=10, dim=8)(torch.arange(3)).shape == (3, 8)
     with pytest.raises(ValueError, match="even dim"):
         sinusoidal_encoding(torch.tensor([1]), dim=3)
+
+
+def test_both_conditionings():
+    for conditioning in ("multiply", "concat"):
+        generator = Generator(num_classes=4, noise_dim=8, width=2, conditioning=conditioning).eval()
+        noise = generator.sample_noise(1).repeat(2, 1)
+        images = generator(noise, torch.tensor([0, 3]))
+        assert images.shape == (2, 1, 32, 32) and not torch.allclose(images[0], images[1])
+    with pytest.raises(ValueError, match="unknown conditioning 'add'.*multiply, concat"):
+        Generator(num_classes=4, conditioning="add")

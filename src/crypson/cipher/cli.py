@@ -19,7 +19,8 @@ from crypson.cipher.keys import KEY_ENV_VAR, SecretKey, key_from_env, read_key_f
 from crypson.config import Config, ConfigError, load_config
 
 KeyFileOption = Annotated[Path | None, typer.Option("--key-file", "-k", help=f"key file (else ${KEY_ENV_VAR})")]
-ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params file (cipher section)")]
+ParamsOption = Annotated[Path, typer.Option(
+    "--params", "-p", help="params file (cipher, tracking sections); built-in defaults when ./params.yaml is absent")]
 ModelsOption = Annotated[str | None, typer.Option(
     "--models", help="registry alias (champion, candidate) or a folder holding models/ [params: cipher.models]")]
 InputOption = Annotated[Path | None, typer.Option("--input", "-i", help="read from this file ('-' = stdin)")]
@@ -40,7 +41,10 @@ def _key(key_file: Path | None) -> SecretKey:
 
 
 def _config(params: Path) -> Config:
-    return load_config(params) if params.is_file() else Config()
+    """The params file; only the implicit default ./params.yaml may be absent (documented defaults)."""
+    if params == Path("params.yaml") and not params.exists():
+        return Config()
+    return load_config(params)
 
 
 def _models(spec: str, device: str):
@@ -169,7 +173,30 @@ def _save_handwriting(path: Path, rows: list) -> None:
     save_image(grid, path, nrow=width, pad_value=0.5)
 
 
+def serve_register(
+    alias: Annotated[str, typer.Option("--models", help="registry alias whose versions to bundle")] = "champion",
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Register `crypson-cipher` (encrypt/decrypt over `mlflow models serve`) bundling the aliased models."""
+    from crypson import tracking
+    from crypson.cipher.serving import SERVED_NAME, register_service
+
+    try:
+        config = _config(params)
+        tracking.disable_telemetry()
+        _tracking(config)
+        settings = {"gaussian_sigma": config.cipher.gaussian_sigma, "modular_range": config.cipher.modular_range}
+        if config.cipher.scheme == "report":
+            raise ValueError("refusing to serve the insecure 'report' baseline scheme")
+        version = register_service(alias, config.cipher.scheme, settings)
+    except (ConfigError, LookupError, ValueError) as error:
+        _fail(str(error))
+    typer.echo(f"registered {SERVED_NAME} v{version} (alias {alias}); serve it with:\n"
+               f"  CRYPSON_KEY=... mlflow models serve -m models:/{SERVED_NAME}@{alias} --env-manager local")
+
+
 def register(app: typer.Typer) -> None:
     app.command("keygen")(keygen)
     app.command("encrypt")(encrypt)
     app.command("decrypt")(decrypt)
+    app.command("serve-register")(serve_register)

@@ -70,7 +70,7 @@ def encode_characters(models: CipherModels, class_index: torch.Tensor, batch_siz
     for start in range(0, len(class_index), batch_size):
         labels = class_index[start : start + batch_size].to(models.device)
         noise = models.generator.sample_noise(len(labels), noise_source)
-        images = models.generator(noise, labels).add(1).div(2)  # (B, 1, 32, 32) in [0, 1]
+        images = models.generator.to_unit_range(models.generator(noise, labels))  # (B, 1, 32, 32) in [0, 1]
         latents.append(models.vae.encode_mean(images).float().cpu())
     return torch.cat(latents) if latents else torch.zeros(0, models.vae.latent_dim)
 

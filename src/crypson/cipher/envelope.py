@@ -34,12 +34,13 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac
 
+from crypson.cipher.keys import KEY_BYTES, NONCE_BYTES
+
 FORMAT_VERSION = 1
 SCHEMES = ("report", "keyed-timestep", "keyed-gaussian", "keyed-modular")  # position = stable one-byte id
 MAGIC = b"CRYP"
-NONCE_BYTES = 16
 TAG_BYTES = 32  # HMAC-SHA256 output
-MAC_KEY_BYTES = 32
+MAC_KEY_BYTES = KEY_BYTES
 
 # magic, version, scheme id, nonce, count, models length: the part read before anything variable.
 _HEADER = struct.Struct(">4sBB16sIH")

@@ -32,10 +32,12 @@ def from_registry(alias: str = "champion", device: torch.device | str = "cpu") -
                               f"(dvc repro) or pick another alias (candidate, champion)") from None
         versions[name], tags[kind] = str(version.version), version.tags
         modules[kind] = mlflow.pytorch.load_model(f"models:/{name}/{version.version}", map_location=device)
-    if tags["classifier"].get("vae_version") not in (None, versions[MODEL_NAMES["vae"]]):
-        raise LookupError(f"{MODEL_NAMES['classifier']} v{versions[MODEL_NAMES['classifier']]} was trained on "
-                          f"{MODEL_NAMES['vae']} v{tags['classifier']['vae_version']}, but {alias!r} points at "
-                          f"v{versions[MODEL_NAMES['vae']]}")
+    for kind in ("vae", "cgan"):  # the classifier was trained on one VAE and one cGAN
+        trained_on = tags["classifier"].get(f"{kind}_version")
+        if trained_on is not None and trained_on != versions[MODEL_NAMES[kind]]:
+            raise LookupError(f"{MODEL_NAMES['classifier']} v{versions[MODEL_NAMES['classifier']]} was trained with "
+                              f"{MODEL_NAMES[kind]} v{trained_on}, but {alias!r} points at "
+                              f"v{versions[MODEL_NAMES[kind]]}: promote a consistent set")
     classes = tuple(json.loads(tags["classifier"]["classes"]))
     return CipherModels(modules["cgan"], modules["vae"], modules["classifier"], classes, versions)
 

@@ -24,10 +24,10 @@ import numbers
 import numpy as np
 import torch
 
+from crypson.cipher.envelope import SCHEMES
 from crypson.cipher.keys import KEY_BYTES, prf_stream
 from crypson.models.timestep import SinusoidalTimestepEmbedding
 
-SCHEMES: tuple[str, ...] = ("report", "keyed-timestep", "keyed-gaussian", "keyed-modular")
 MASK_KEY_BYTES = KEY_BYTES  # the per-message ChaCha20 subkey, 32 bytes (RFC 8439, section 2.3)
 PUBLIC_EMBEDDING_SEED = 0  # public on purpose: the report's E has untrained, published weights
 EMBEDDING_HIDDEN = 16  # the report's time-embedding MLP width

@@ -61,5 +61,5 @@ def generate_images(generator: Generator, per_class: int, seed: int) -> tuple[to
     device = generator.label_embedding.weight.device
     labels = torch.arange(generator.num_classes, device=device).repeat_interleave(per_class)
     noise = generator.sample_noise(len(labels), torch.Generator(device=device).manual_seed(seed))
-    images = generator(noise, labels).add(1).div(2).clamp(0, 1)
+    images = generator.to_unit_range(generator(noise, labels))
     return images.float().cpu(), labels.cpu()

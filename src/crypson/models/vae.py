@@ -74,6 +74,7 @@ class VAE(nn.Module):
     def __init__(self, latent_dim: int = 8, channels: tuple[int, ...] = (32, 64, 128, 256)) -> None:
         super().__init__()
         self.latent_dim = latent_dim
+        self.channels = tuple(channels)
         self.encoder = Encoder(latent_dim, channels)
         self.decoder = Decoder(latent_dim, channels)
 

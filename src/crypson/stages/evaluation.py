@@ -20,7 +20,7 @@ from crypson.data.prepare import load_prepared
 from crypson.evaluate import metrics
 from crypson.io import atomic_write_json
 from crypson.stages.common import Layout, write_csv
-from crypson.train.loop import resolve_device
+from crypson.train.loop import derived_seed, resolve_device
 from crypson.train.vae import to_unit_range
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,9 @@ def evaluate(config: Config, layout: Layout, context: tracking.TrackingContext) 
     confusion_real = metrics.confusion_matrix(predicted, test_labels, K)
     accuracy_real, per_class_real = metrics.accuracy_from_confusion(confusion_real)
 
-    generated, generated_labels = metrics.generate_images(generator, config.evaluate.generated_per_class, config.seed)
+    # Its own seed: these images must be new to the classifier, which trained on cGAN images too.
+    generated, generated_labels = metrics.generate_images(generator, config.evaluate.generated_per_class,
+                                                          derived_seed(config.seed, "evaluate"))
     predicted_generated, _ = metrics.receiver_predict(vae, classifier, generated, config.evaluate.batch_size)
     confusion_generated = metrics.confusion_matrix(predicted_generated, generated_labels, K)
     accuracy_generated, _ = metrics.accuracy_from_confusion(confusion_generated)

@@ -27,7 +27,9 @@ from crypson.train import cgan as cgan_train
 from crypson.train import classifier as classifier_train
 from crypson.train import loop
 from crypson.train import vae as vae_train
-from crypson.train.loop import FitResult, InMemoryBatches, LoopSettings, fingerprint_of, fit, resolve_device
+from crypson.train.loop import (
+    FitResult, InMemoryBatches, LoopSettings, derived_seed, fingerprint_of, fit, resolve_device,
+)
 
 
 def _settings(config: Config, layout: Layout, stage: str, data: PreparedData,
@@ -49,7 +51,8 @@ def _settings(config: Config, layout: Layout, stage: str, data: PreparedData,
 
 def _run_params(config: Config, stage: str, data: PreparedData) -> dict[str, Any]:
     """What this run depends on: its own section, the seed, the device, and the data's identity."""
-    return {**section_params(config, stage, "data"), "seed": config.seed, "device": config.device,
+    return {**section_params(config, stage), "seed": config.seed, "device": config.device,
+            "data.source": data.manifest["source"], "data.split": data.manifest["split"],
             "data.version": data.manifest["data_version"], "data.num_classes": len(data.classes)}
 
 
@@ -68,8 +71,10 @@ def _tracked_fit(task: loop.TrainTask, batches: InMemoryBatches, settings: LoopS
 def _finish(layout: Layout, stage: str, result: FitResult, registration: dict[str, str]) -> None:
     """Stage outputs for DVC: registration record, final metrics, per-epoch plot; then drop the checkpoint."""
     atomic_write_json(layout.model_dir(stage.removeprefix("train_")) / "registration.json", registration)
-    final = {key: round(value, 6) for key, value in result.history[-1].items() if "seconds" not in key}
-    atomic_write_json(layout.metrics(stage), {**final, "best_epoch": result.best_epoch + 1})
+    # The metrics of the epoch whose weights were kept; timings are machine noise, not metrics.
+    best = {key: round(value, 6) for key, value in result.history[result.best_epoch].items()
+            if not key.endswith(("_second", "_seconds"))}
+    atomic_write_json(layout.metrics(stage), {**best, "best_epoch": result.best_epoch + 1})
     write_csv(layout.plot(f"{stage}.csv"),
               [{"epoch": i + 1, **{k: round(v, 6) for k, v in row.items()}} for i, row in enumerate(result.history)])
     layout.checkpoint(stage.removeprefix("train_")).unlink(missing_ok=True)
@@ -92,7 +97,8 @@ def train_cgan(config: Config, layout: Layout, context: tracking.TrackingContext
     section, classes = config.cgan, data.classes
     settings = _settings(config, layout, "cgan", data, (cgan_model, cgan_train), progress)
     loop.seed_everything(config.seed)
-    g_params = {"num_classes": len(classes), "noise_dim": section.noise_dim, "width": section.generator_width}
+    g_params = {"num_classes": len(classes), "noise_dim": section.noise_dim, "width": section.generator_width,
+                "conditioning": section.conditioning, "label_dim": section.label_dim}
     d_params = {"num_classes": len(classes), "embed_dim": section.discriminator_embed_dim,
                 "hidden": list(section.discriminator_hidden)}
     generator = artifacts.build("generator", g_params).to(settings.device)
@@ -175,7 +181,7 @@ def train_classifier(config: Config, layout: Layout, context: tracking.TrackingC
     vae, _ = artifacts.load_model(vae_path, "vae", settings.device)
     loop.seed_everything(config.seed)
     classes = len(data.classes)
-    params = {"latent_dim": vae.latent_dim, "channels": list(config.vae.channels),
+    params = {"latent_dim": vae.latent_dim, "channels": list(vae.channels),
               "num_classes": classes, "hidden": section.hidden, "dropout": section.dropout}
     classifier = classifier_model.LatentClassifier(vae.decoder, classes, section.hidden,
                                                    section.dropout).to(settings.device)
@@ -186,11 +192,14 @@ def train_classifier(config: Config, layout: Layout, context: tracking.TrackingC
     fraction = section.generated_fraction
     if fraction > 0:
         count = round(len(labels) * fraction / (1 - fraction))
-        gen_mu, gen_logvar, gen_labels = _generated_latents(layout, vae, count, classes, config.seed, settings.device)
+        gen_mu, gen_logvar, gen_labels = _generated_latents(layout, vae, count, classes,
+                                                            derived_seed(config.seed, "classifier-train"),
+                                                            settings.device)
         mu, logvar = torch.cat([mu.cpu(), gen_mu]), torch.cat([logvar.cpu(), gen_logvar])
         labels = torch.cat([labels, gen_labels])
         val_gen_mu, _, val_gen_labels = _generated_latents(layout, vae, len(data.val.labels), classes,
-                                                           config.seed + 1, settings.device)
+                                                           derived_seed(config.seed, "classifier-val"),
+                                                           settings.device)
         validation["generated"] = (val_gen_mu, val_gen_labels)
     task = classifier_train.ClassifierTask(classifier, section.lr, section.betas, validation, section.batch_size)
     batches = InMemoryBatches((mu.cpu(), logvar.cpu(), labels), section.batch_size, seed=config.seed)

@@ -82,6 +82,6 @@ def sample_grid(generator: Generator, per_class: int, seed: int) -> torch.Tensor
     device = generator.label_embedding.weight.device
     class_index = torch.arange(generator.num_classes, device=device).repeat_interleave(per_class)
     noise = generator.sample_noise(len(class_index), torch.Generator(device=device).manual_seed(seed))
-    images = generator(noise, class_index).add(1).div(2)
+    images = generator.to_unit_range(generator(noise, class_index))
     generator.train(was_training)
     return images.float().cpu()

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
-import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from crypson.io import atomic_write_bytes
 
 CHECKPOINT_FORMAT = 1
 
@@ -43,9 +45,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def derived_seed(seed: int, purpose: str | int) -> int:
+    """An independent 32-bit seed for one purpose (an epoch, evaluation, ...) from the run's seed.
+
+    Nearby integer seeds are not independent in practice (torch.randn with one seed repeats its
+    leading rows at any size), so every consumer of randomness gets its own hashed seed.
+    """
+    return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:4], "little")
+
+
 def seed_everything(seed: int, epoch: int = 0) -> None:
     """Seed Python, NumPy and torch from (seed, epoch), so epoch e is reproducible on its own."""
-    derived = int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:4], "little")
+    derived = derived_seed(seed, epoch)
     random.seed(derived)
     np.random.seed(derived)
     torch.manual_seed(derived)
@@ -143,17 +154,16 @@ def _cpu_state(modules: dict[str, nn.Module]) -> dict[str, dict[str, torch.Tenso
 
 
 def _save_atomic(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_checkpoint(settings: LoopSettings) -> dict[str, Any] | None:
     """The checkpoint to resume from, or None when there is none or it belongs to another run."""
     if not settings.checkpoint_path.is_file():
         return None
-    state = torch.load(settings.checkpoint_path, map_location="cpu", weights_only=False)
+    state = torch.load(settings.checkpoint_path, map_location="cpu", weights_only=True)
     if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != settings.fingerprint:
         return None
     return state
@@ -176,7 +186,7 @@ def fit(
         task: the model's modules, optimizers and steps.
         batches: training batches (moved to the device here).
         settings: epochs, device, checkpoint path and fingerprint, seed.
-        on_epoch_end: called with (epoch, metrics) after each epoch's checkpoint is written.
+        on_epoch_end: called with (epoch, metrics) after each epoch, before its checkpoint is written.
         extra: small JSON-able state stored in the checkpoint (e.g. the MLflow run id).
     Returns:
         The per-epoch history and the best epoch's weights (CPU tensors).
@@ -233,6 +243,10 @@ def fit(
         if task.monitor is None or _is_better(monitored, result.best_metric, task.mode):
             result.best_epoch, result.best_metric = epoch, monitored
             result.best_state = _cpu_state(modules)
+        # Metrics go to the tracker before the checkpoint: a kill in between re-runs (and re-logs)
+        # this epoch instead of losing its metrics.
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
         _save_atomic(
             {
                 "format": CHECKPOINT_FORMAT, "fingerprint": settings.fingerprint, "epoch": epoch,
@@ -246,6 +260,4 @@ def fit(
         if settings.progress:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
             tqdm.write(f"epoch {epoch + 1}/{settings.epochs}: {shown}")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics)
     return result

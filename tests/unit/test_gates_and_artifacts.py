@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from crypson import artifacts
+from crypson.config import parse_config
+from crypson.stages.evaluation import check_gates
+
+
+def test_gates_report_value_threshold_and_margin():
+    config = parse_config({"promote": {"min_accuracy_real": 0.8, "min_accuracy_generated": 0.5, "min_psnr_db": 20}})
+    gates = check_gates(config, {"accuracy_real": 0.85, "accuracy_generated": 0.5, "psnr_db": 18.5})
+    by_metric = {gate["metric"]: gate for gate in gates}
+    assert by_metric["accuracy_real"]["passed"] and by_metric["accuracy_real"]["margin"] == pytest.approx(0.05)
+    assert by_metric["accuracy_generated"]["passed"]  # equal to the threshold passes
+    assert not by_metric["psnr_db"]["passed"] and by_metric["psnr_db"]["margin"] == pytest.approx(-1.5)
+
+
+@pytest.mark.parametrize("kind, hparams", [
+    ("generator", {"num_classes": 3, "noise_dim": 4, "width": 2, "conditioning": "concat", "label_dim": 3}),
+    ("discriminator", {"num_classes": 3, "embed_dim": 4, "hidden": [8]}),
+    ("vae", {"latent_dim": 2, "channels": [2, 2, 4, 4]}),
+    ("classifier", {"latent_dim": 2, "channels": [2, 2, 4, 4], "num_classes": 3, "hidden": 4, "dropout": 0.1}),
+])
+def test_model_files_round_trip(tmp_path, kind, hparams):
+    module = artifacts.build(kind, hparams)
+    artifacts.save_model(tmp_path / "m.pt", kind, hparams, module.state_dict(), ("a", "b", "c"))
+    loaded, classes = artifacts.load_model(tmp_path / "m.pt", kind)
+    assert classes == ("a", "b", "c") and not loaded.training
+    for key, value in module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_loading_the_wrong_kind_is_a_clear_error(tmp_path):
+    hparams = {"latent_dim": 2, "channels": [2, 2, 4, 4]}
+    artifacts.save_model(tmp_path / "vae.pt", "vae", hparams, artifacts.build("vae", hparams).state_dict(), ("a",))
+    with pytest.raises(ValueError, match="holds a 'vae' model.*expected 'generator'"):
+        artifacts.load_model(tmp_path / "vae.pt", "generator")
+    with pytest.raises(FileNotFoundError, match="run its training stage"):
+        artifacts.load_model(tmp_path / "missing.pt", "vae")
