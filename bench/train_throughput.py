@@ -75,7 +75,7 @@ def time_bare(task, tensors, batch_size: int, steps: int, device: torch.device) 
     started = time.perf_counter()
     for batch in batches:
         losses = task.train_step(batch)
-    float(next(iter(losses.values())))
+    float(next(iter(losses.values())).detach())
     _sync(device)
     return steps * batch_size / (time.perf_counter() - started)
 
@@ -99,7 +99,7 @@ def time_dataloader(task, tensors, batch_size: int, steps: int, device: torch.de
             break
         batch = tuple((b.to(torch.uint8) if t.dtype == torch.uint8 else b).to(device) for b, t in zip(batch, tensors))
         losses = task.train_step(batch)
-        float(next(iter(losses.values())))  # per-step logging, as the reference does
+        float(next(iter(losses.values())).detach())  # per-step logging, as the reference does
     _sync(device)
     return steps * batch_size / (time.perf_counter() - started)
 
@@ -108,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--sizes", choices=["default", "report"], default="default")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=100, help="steps per epoch (the checkpoint is per epoch)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=["cgan", "vae", "classifier"])
     args = parser.parse_args()
