@@ -1,0 +1,400 @@
+"""Inversion-resistance attacks on the mask schemes (DESIGN.md, "Inversion-resistance evaluation").
+
+Attackers know every public weight and the scheme, never the key (Kerckhoffs's principle). They see the
+payload bytes of each message, parsed into numbers by `payload_features`, and the character positions.
+Headline figure: advantage = (attacker accuracy - chance) / (receiver accuracy - chance); 0 is ideal.
+
+| attacker          | what it does                                                                  |
+|-------------------|-------------------------------------------------------------------------------|
+| known-model       | removes whatever part of the mask is public, then runs the public classifier  |
+| timestep-search   | keyed-timestep: tries candidate t on the public curve E(t), keeps the surest  |
+| linear-probe      | logistic regression from (ciphertext, position) to the character             |
+| learned-inversion | MLP from (ciphertext, position), best of fresh restarts (Abadi & Andersen 2016) |
+| known-plaintext   | the learned inversion trained on pairs under the SAME key, fresh nonces       |
+
+Not here: an image-predicting inversion (PSNR/SSIM against the receiver's) and the nonce-reuse check.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from crypson.cipher.keys import KEY_BYTES, NONCE_BYTES, SecretKey, derive_message_keys
+from crypson.cipher.masks import (
+    TIMESTEP_RANGE,
+    UINT16_MODULUS,
+    KeyedGaussianMask,
+    KeyedModularMask,
+    KeyedTimestepMask,
+    MaskScheme,
+    ReportMask,
+    get_scheme,
+)
+
+# Big-endian payload number formats, one per scheme (masks.py module docstring).
+_PAYLOAD_DTYPES = {"report": ">f4", "keyed-timestep": ">f4", "keyed-gaussian": ">f2", "keyed-modular": ">u2"}
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """One attacker against one scheme; accuracy over `samples` test characters, 95% Wilson interval."""
+
+    scheme: str
+    attacker: str
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    chance: float
+    receiver_accuracy: float
+    advantage: float
+    samples: int
+    note: str = ""
+
+
+def advantage(accuracy: float, chance: float, receiver_accuracy: float) -> float:
+    """(accuracy - chance) / (receiver_accuracy - chance); NaN when the receiver is no better than chance."""
+    if receiver_accuracy <= chance:
+        return math.nan
+    return (accuracy - chance) / (receiver_accuracy - chance)
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927; Brown, Cai & DasGupta 2001).
+
+    Args:
+        successes: correct predictions, 0 <= successes <= trials.
+        trials: test characters, > 0.
+        z: the normal quantile (1.96 for 95%).
+    Returns:
+        (low, high) within [0, 1].
+    """
+    if trials <= 0 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials > 0, got {successes}/{trials}")
+    proportion = successes / trials
+    denominator = 1.0 + z**2 / trials
+    centre = (proportion + z**2 / (2 * trials)) / denominator
+    half_width = z * math.sqrt(proportion * (1 - proportion) / trials + z**2 / (4 * trials**2)) / denominator
+    return max(0.0, centre - half_width), min(1.0, centre + half_width)
+
+
+def payload_features(scheme: MaskScheme, payload: bytes, count: int) -> torch.Tensor:
+    """Parse a payload's public number format, without the key.
+
+    Args:
+        scheme: the MaskScheme that made the payload.
+        payload: count * scheme.bytes_per_character bytes.
+        count: the number of characters N.
+    Returns:
+        (N, d) float32: the masked values for the float schemes; keyed-modular's uint16 words / 2^16, in [0, 1).
+    """
+    if scheme.name not in _PAYLOAD_DTYPES:
+        raise ValueError(f"unknown scheme {scheme.name!r}; choose one of {', '.join(_PAYLOAD_DTYPES)}")
+    if len(payload) != count * scheme.bytes_per_character:
+        raise ValueError(f"{scheme.name} payload has {len(payload)} bytes, expected "
+                         f"{count} x {scheme.bytes_per_character}")
+    numbers = np.frombuffer(bytes(payload), dtype=_PAYLOAD_DTYPES[scheme.name]).astype(np.float64)
+    if scheme.name == "keyed-modular":
+        numbers = numbers / UINT16_MODULUS
+    return torch.from_numpy(numbers.reshape(count, scheme.latent_dim)).float()
+
+
+def make_ciphertexts(
+    scheme: MaskScheme, latents: torch.Tensor, message_length: int, seed: int, same_key: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask consecutive runs of `message_length` latents as messages, as a sender would.
+
+    Each message gets a fresh key and nonce (or, with `same_key`, one key and fresh nonces: the
+    known-plaintext setting). Keys come from a seeded generator so an evaluation is reproducible; the
+    attackers never see them.
+
+    Args:
+        scheme: the mask scheme.
+        latents: (N, d) float32 CPU latents; the last message may be shorter.
+        message_length: characters per message, >= 1.
+        seed: seeds the keys and nonces.
+        same_key: one long-term key for every message.
+    Returns:
+        (features (N, d) from `payload_features`, positions (N,) int64 within each message).
+    """
+    if message_length < 1:
+        raise ValueError(f"message_length must be >= 1, got {message_length}")
+    rng = np.random.default_rng(seed)
+    shared_key = SecretKey(rng.bytes(KEY_BYTES))
+    features, positions = [], []
+    for start in range(0, len(latents), message_length):
+        message = latents[start : start + message_length]
+        key = shared_key if same_key else SecretKey(rng.bytes(KEY_BYTES))
+        mask_key = derive_message_keys(key, rng.bytes(NONCE_BYTES)).mask_key
+        features.append(payload_features(scheme, scheme.mask(message, mask_key), len(message)))
+        positions.append(torch.arange(len(message), dtype=torch.int64))
+    if not features:
+        return torch.zeros(0, scheme.latent_dim), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(features), torch.cat(positions)
+
+
+@torch.no_grad()
+def _class_probabilities(classifier: nn.Module, latents: torch.Tensor, batch_size: int = 65536) -> torch.Tensor:
+    """Softmax of the public classifier over (N, d) latents, batched, on the CPU."""
+    parameter = next(classifier.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    chunks = [torch.softmax(classifier(latents[start : start + batch_size].to(device)).float(), dim=1).cpu()
+              for start in range(0, len(latents), batch_size)]
+    return torch.cat(chunks)
+
+
+def mean_timestep_embedding(scheme: KeyedTimestepMask, samples: int = 4096, seed: int = 0) -> torch.Tensor:
+    """Monte Carlo estimate of E[E(t)], t uniform on [0, 2^20): the public part of the keyed-timestep mask."""
+    generator = torch.Generator().manual_seed(seed)
+    timesteps = torch.randint(0, TIMESTEP_RANGE, (samples,), generator=generator)
+    return scheme.position_embedding(timesteps).mean(0)  # (d,)
+
+
+def known_model_attack(
+    scheme: MaskScheme, features: torch.Tensor, positions: torch.Tensor, classifier: nn.Module
+) -> torch.Tensor:
+    """Remove the public part of the mask, then classify with the public receiver classifier.
+
+    report: subtract E(position), a full break. keyed-timestep: subtract the mean of E(t) over its range.
+    keyed-gaussian: the mask has mean 0, so classify the ciphertext as is. keyed-modular: read the
+    uint16 words as if unmasked and dequantise them.
+
+    Returns:
+        (N,) int64 predicted class indices.
+    """
+    if isinstance(scheme, ReportMask):
+        latents = features - scheme.position_embedding(positions)
+    elif isinstance(scheme, KeyedTimestepMask):
+        latents = features - mean_timestep_embedding(scheme)
+    elif isinstance(scheme, KeyedGaussianMask):
+        latents = features
+    elif isinstance(scheme, KeyedModularMask):
+        words = torch.round(features.double() * UINT16_MODULUS).clamp(0, scheme.levels).to(torch.int64)
+        latents = scheme.dequantise(words)
+    else:
+        raise ValueError(f"no known-model attack for scheme {scheme.name!r}")
+    return _class_probabilities(classifier, latents).argmax(1)
+
+
+def timestep_search_attack(
+    scheme: KeyedTimestepMask, features: torch.Tensor, classifier: nn.Module, grid_size: int = 1024, seed: int = 0
+) -> torch.Tensor:
+    """For each character try `grid_size` candidate timesteps t on the public curve E(t) and keep the
+    candidate latent features - E(t) the classifier is surest of (highest max softmax probability).
+
+    The candidates are random integers from [0, 2^20), the exact set the keyed stream draws from.
+
+    Returns:
+        (N,) int64 predicted class indices.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    candidates = scheme.position_embedding(torch.randint(0, TIMESTEP_RANGE, (grid_size,), generator=generator))
+    predictions = []
+    rows_per_chunk = max(1, 65536 // grid_size)
+    for start in range(0, len(features), rows_per_chunk):
+        chunk = features[start : start + rows_per_chunk]  # (B, d)
+        trial_latents = (chunk[:, None, :] - candidates[None, :, :]).reshape(-1, chunk.shape[1])  # (B * G, d)
+        probabilities = _class_probabilities(classifier, trial_latents).reshape(len(chunk), grid_size, -1)
+        confidence, predicted = probabilities.max(2)  # (B, G) each
+        best = confidence.argmax(1)  # (B,)
+        predictions.append(predicted[torch.arange(len(chunk)), best])
+    return torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.int64)
+
+
+def _with_positions(features: torch.Tensor, positions: torch.Tensor | None, num_positions: int) -> np.ndarray:
+    """(N, d) features -> (N, d [+ num_positions]) with a one-hot of the position appended."""
+    if positions is None:
+        return features.double().numpy()
+    one_hot = torch.nn.functional.one_hot(positions.clamp(max=num_positions - 1), num_positions)
+    return torch.cat([features.double(), one_hot.double()], dim=1).numpy()
+
+
+def _num_positions(*positions: torch.Tensor | None) -> int:
+    present = [p for p in positions if p is not None and len(p)]
+    return int(max(int(p.max()) for p in present)) + 1 if present else 1
+
+
+def linear_probe_attack(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    train_positions: torch.Tensor | None = None,
+    test_positions: torch.Tensor | None = None,
+) -> float:
+    """Multinomial logistic regression from standardised (ciphertext, position one-hot) to the character.
+
+    Returns:
+        Accuracy on the test characters.
+    """
+    num_positions = _num_positions(train_positions, test_positions)
+    scaler = StandardScaler().fit(_with_positions(train_features, train_positions, num_positions))
+    probe = LogisticRegression(max_iter=1000)
+    probe.fit(scaler.transform(_with_positions(train_features, train_positions, num_positions)), train_labels.numpy())
+    predicted = probe.predict(scaler.transform(_with_positions(test_features, test_positions, num_positions)))
+    return float((predicted == test_labels.numpy()).mean())
+
+
+def _train_inverter(inputs: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int, hidden: int,
+                    seed: int) -> nn.Module:
+    """One fresh MLP (input -> hidden -> hidden -> K) trained with Adam on cross-entropy, minibatch 256."""
+    with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(inputs.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                              nn.Linear(hidden, num_classes))
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        order = torch.randperm(len(inputs), generator=generator)
+        for start in range(0, len(inputs), 256):
+            batch = order[start : start + 256]
+            loss = nn.functional.cross_entropy(model(inputs[batch]), labels[batch])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    return model.eval()
+
+
+def learned_inversion_attack(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    train_positions: torch.Tensor | None = None,
+    test_positions: torch.Tensor | None = None,
+    num_classes: int | None = None,
+    restarts: int = 3,
+    epochs: int = 30,
+    hidden: int = 64,
+    seed: int = 0,
+) -> float:
+    """An MLP trained on (ciphertext, position one-hot) -> character, best of `restarts` fresh inits.
+
+    As Abadi & Andersen (2016, "Learning to protect communications with adversarial neural cryptography")
+    retrain Eve from scratch, each restart starts anew; the best is picked on a 20% validation split of the
+    training pairs, never on the test set, so a chance-level attacker is not flattered by the pick.
+
+    Returns:
+        Accuracy of the chosen restart on the test characters.
+    """
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
+    num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
+    num_positions = _num_positions(train_positions, test_positions)
+    train_inputs = torch.from_numpy(_with_positions(train_features, train_positions, num_positions)).float()
+    test_inputs = torch.from_numpy(_with_positions(test_features, test_positions, num_positions)).float()
+    mean, std = train_inputs.mean(0), train_inputs.std(0).clamp_min(1e-6)
+    train_inputs, test_inputs = (train_inputs - mean) / std, (test_inputs - mean) / std
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(train_inputs), generator=generator)
+    validation, fit = order[: len(order) // 5], order[len(order) // 5 :]
+    best_validation, best_model = -1.0, None
+    for restart in range(restarts):
+        model = _train_inverter(train_inputs[fit], train_labels[fit], num_classes, epochs, hidden, seed + 1 + restart)
+        with torch.no_grad():
+            accuracy = float((model(train_inputs[validation]).argmax(1) == train_labels[validation]).float().mean())
+        if accuracy > best_validation:
+            best_validation, best_model = accuracy, model
+    with torch.no_grad():
+        return float((best_model(test_inputs).argmax(1) == test_labels).float().mean())
+
+
+def _result(scheme: str, attacker: str, accuracy: float, samples: int, chance: float, receiver_accuracy: float,
+            note: str = "") -> AttackResult:
+    """An AttackResult with its 95% Wilson interval and advantage filled in."""
+    low, high = wilson_interval(round(accuracy * samples), samples)
+    return AttackResult(scheme=scheme, attacker=attacker, accuracy=accuracy, ci_low=low, ci_high=high, chance=chance,
+                        receiver_accuracy=receiver_accuracy, advantage=advantage(accuracy, chance, receiver_accuracy),
+                        samples=samples, note=note)
+
+
+def _scheme_notes(scheme: MaskScheme, latents_train: torch.Tensor) -> str:
+    """keyed-gaussian: the information bound per character (Cover & Thomas Thm 9.1.1) at the data's variance."""
+    if not isinstance(scheme, KeyedGaussianMask):
+        return ""
+    latent_variance = float(latents_train.double().var(0).mean())
+    bits = scheme.information_bound_bits(latent_variance)
+    return (f"information bound {bits:.3f} bits/character "
+            f"(mean latent variance {latent_variance:.3f}, sigma {scheme.sigma:g}, d {scheme.latent_dim})")
+
+
+def run_attack_suite(
+    scheme_names: list[str] | tuple[str, ...],
+    latents_train: torch.Tensor,
+    labels_train: torch.Tensor,
+    latents_test: torch.Tensor,
+    labels_test: torch.Tensor,
+    classifier: nn.Module,
+    receiver_accuracy: float,
+    num_classes: int,
+    message_length: int = 16,
+    seed: int = 0,
+    quick: bool = False,
+    gaussian_sigma: float = 4.0,
+    modular_range: float = 6.0,
+) -> list[AttackResult]:
+    """Every attacker against every named scheme, on ciphertexts made here under fresh random keys.
+
+    Args:
+        scheme_names: names from SCHEMES.
+        latents_train, labels_train: (N, d) float32 CPU latents and (N,) int64 classes the attacker trains on.
+        latents_test, labels_test: the held-out characters every attacker is scored on.
+        classifier: the public receiver classifier, (N, d) latents -> (N, K) logits.
+        receiver_accuracy: the receiver's accuracy on the same test characters (the advantage's denominator).
+        num_classes: K; chance is 1 / K.
+        message_length: characters per simulated message.
+        seed: seeds keys, nonces, candidate timesteps and the attackers' networks.
+        quick: one restart, few epochs, a coarse timestep grid (tests and smoke runs).
+        gaussian_sigma, modular_range: the scheme parameters the sender uses.
+    Returns:
+        One AttackResult per (scheme, attacker), in scheme order.
+    """
+    if len(latents_train) != len(labels_train) or len(latents_test) != len(labels_test):
+        raise ValueError(f"latents and labels differ in length: train {len(latents_train)} vs {len(labels_train)}, "
+                         f"test {len(latents_test)} vs {len(labels_test)}")
+    if len(labels_test) == 0 or num_classes < 2:
+        raise ValueError(f"need test characters and num_classes >= 2, got {len(labels_test)} and {num_classes}")
+    chance = 1.0 / num_classes
+    restarts, epochs, grid_size = (1, 10, 256) if quick else (3, 30, 1024)
+    samples = len(labels_test)
+    results = []
+    for index, name in enumerate(scheme_names):
+        scheme = get_scheme(name, latents_train.shape[1], gaussian_sigma, modular_range)
+        seeds = np.random.default_rng([seed, index]).integers(2**32, size=3)
+        train_seed, test_seed, same_key_seed = (int(value) for value in seeds)
+        train_features, train_positions = make_ciphertexts(scheme, latents_train, message_length, train_seed)
+        test_features, test_positions = make_ciphertexts(scheme, latents_test, message_length, test_seed)
+        note = _scheme_notes(scheme, latents_train)
+
+        predicted = known_model_attack(scheme, test_features, test_positions, classifier)
+        accuracy = float((predicted == labels_test).float().mean())
+        results.append(_result(name, "known-model", accuracy, samples, chance, receiver_accuracy, note))
+        if isinstance(scheme, KeyedTimestepMask):
+            predicted = timestep_search_attack(scheme, test_features, classifier, grid_size, seed)
+            accuracy = float((predicted == labels_test).float().mean())
+            results.append(_result(name, "timestep-search", accuracy, samples, chance, receiver_accuracy,
+                                   f"{grid_size} candidate t of {TIMESTEP_RANGE}"))
+
+        accuracy = linear_probe_attack(train_features, labels_train, test_features, labels_test,
+                                       train_positions, test_positions)
+        results.append(_result(name, "linear-probe", accuracy, samples, chance, receiver_accuracy, note))
+        accuracy = learned_inversion_attack(train_features, labels_train, test_features, labels_test,
+                                            train_positions, test_positions, num_classes, restarts, epochs, seed=seed)
+        results.append(_result(name, "learned-inversion", accuracy, samples, chance, receiver_accuracy, note))
+
+        # Known plaintext: the attacker holds (ciphertext, character) pairs under the victim's key, new nonces.
+        all_features, all_positions = make_ciphertexts(scheme, torch.cat([latents_train, latents_test]),
+                                                       message_length, same_key_seed, same_key=True)
+        split = len(latents_train)
+        accuracy = learned_inversion_attack(all_features[:split], labels_train, all_features[split:], labels_test,
+                                            all_positions[:split], all_positions[split:], num_classes, restarts,
+                                            epochs, seed=seed)
+        results.append(_result(name, "known-plaintext", accuracy, samples, chance, receiver_accuracy,
+                               "one key, fresh nonces; learned inversion"))
+    return results

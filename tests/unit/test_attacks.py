@@ -1,0 +1,171 @@
+"""Attack suite on a synthetic setting where the answer is known: 4 well-separated classes in 8-d latents
+and a fixed nearest-centroid receiver (accuracy ~1). The report scheme must come out broken, keyed-modular
+at chance, and the statistics must match hand-computed values."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from crypson.cipher.masks import UINT16_MODULUS, get_scheme
+from crypson.evaluate.attacks import (
+    AttackResult,
+    advantage,
+    known_model_attack,
+    learned_inversion_attack,
+    linear_probe_attack,
+    make_ciphertexts,
+    payload_features,
+    run_attack_suite,
+    timestep_search_attack,
+    wilson_interval,
+)
+
+NUM_CLASSES, DIM = 4, 8
+CHANCE = 1.0 / NUM_CLASSES
+CENTROIDS = 3.0 * torch.eye(NUM_CLASSES, DIM)  # (K, d), 4.2 apart
+
+
+def _synthetic(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(count, d) latents = class centroid + N(0, 0.3^2) noise, balanced labels in a seeded order."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(count) % NUM_CLASSES
+    labels = labels[torch.randperm(count, generator=generator)]
+    latents = CENTROIDS[labels] + 0.3 * torch.randn(count, DIM, generator=generator)
+    return latents.float(), labels
+
+
+def _receiver() -> nn.Module:
+    """Nearest centroid as a linear layer: score_k = c_k . z - |c_k|^2 / 2."""
+    layer = nn.Linear(DIM, NUM_CLASSES)
+    with torch.no_grad():
+        layer.weight.copy_(CENTROIDS)
+        layer.bias.copy_(-0.5 * (CENTROIDS**2).sum(1))
+    return layer.eval().requires_grad_(False)
+
+
+def _accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((predicted == labels).float().mean())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks train ~10x faster on one thread than with two threads on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data():
+    train, test = _synthetic(2000, seed=1), _synthetic(2000, seed=2)
+    receiver = _receiver()
+    receiver_accuracy = _accuracy(receiver(test[0]).argmax(1), test[1])
+    assert receiver_accuracy > 0.99  # the setting itself: the receiver decrypts almost perfectly
+    return train, test, receiver, receiver_accuracy
+
+
+def test_wilson_interval_hand_computed():
+    # p = 0.5, n = 100: centre 0.5, half width 1.96 sqrt(0.0025 + 1.96^2 / 40000) / (1 + 1.96^2 / 100) = 0.09617
+    low, high = wilson_interval(50, 100)
+    assert low == pytest.approx(0.40383, abs=1e-4) and high == pytest.approx(0.59617, abs=1e-4)
+    # 0 of 10: low is exactly 0, high = 2 * (1.96^2 / 20) / (1 + 1.96^2 / 10) = 0.27753
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.27753, abs=1e-4)
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(11, 10)
+
+
+def test_advantage_hand_computed():
+    assert advantage(0.625, 0.25, 1.0) == pytest.approx(0.5)
+    assert advantage(0.25, 0.25, 0.9) == 0.0
+    assert advantage(0.9, 0.25, 0.9) == pytest.approx(1.0)
+    assert math.isnan(advantage(0.6, 0.5, 0.5))  # a receiver at chance gives no scale
+
+
+def test_payload_features_parse_public_format():
+    latents, _ = _synthetic(5, seed=3)
+    report = get_scheme("report")
+    features = payload_features(report, report.mask(latents, None), 5)
+    assert torch.equal(features, latents + report.position_embedding(torch.arange(5)))  # float32: exact
+    modular, key = get_scheme("keyed-modular"), bytes(range(32))
+    payload = modular.mask(latents, key)
+    words = torch.from_numpy(np.frombuffer(payload, ">u2").astype(np.float32)).reshape(5, DIM)
+    features = payload_features(modular, payload, 5)
+    assert torch.equal(features, words / UINT16_MODULUS) and features.min() >= 0 and features.max() < 1
+    with pytest.raises(ValueError, match="expected"):
+        payload_features(modular, payload, 4)
+
+
+def test_make_ciphertexts_positions_and_keys():
+    latents = CENTROIDS[torch.zeros(20, dtype=torch.int64)]  # 20 identical latents, messages of 8
+    scheme = get_scheme("keyed-modular")
+    features, positions = make_ciphertexts(scheme, latents, message_length=8, seed=0)
+    assert features.shape == (20, DIM)
+    assert positions.tolist() == list(range(8)) + list(range(8)) + list(range(4))
+    again, _ = make_ciphertexts(scheme, latents, message_length=8, seed=0)
+    assert torch.equal(features, again)  # seeded: reproducible
+    assert len({tuple(row.tolist()) for row in features}) == 20  # fresh pads everywhere, even for one key:
+    same_key, _ = make_ciphertexts(scheme, latents, message_length=8, seed=0, same_key=True)
+    assert not torch.equal(same_key[:8], same_key[8:16])  # fresh nonces change the pad
+
+
+def test_report_scheme_is_broken_by_known_model(data):
+    _, (latents, labels), receiver, receiver_accuracy = data
+    scheme = get_scheme("report")
+    features, positions = make_ciphertexts(scheme, latents, message_length=16, seed=0)
+    assert not torch.equal(features, latents)
+    accuracy = _accuracy(known_model_attack(scheme, features, positions, receiver), labels)
+    assert advantage(accuracy, CHANCE, receiver_accuracy) >= 0.9
+
+
+def test_timestep_search_attacks_keyed_timestep(data):
+    _, (latents, labels), receiver, receiver_accuracy = data
+    scheme = get_scheme("keyed-timestep")
+    features, _ = make_ciphertexts(scheme, latents[:400], message_length=16, seed=0)
+    predicted = timestep_search_attack(scheme, features, receiver, grid_size=64)
+    assert predicted.shape == (400,)
+    # E(t) is small next to the class spacing here, so searching the public curve recovers the class
+    assert advantage(_accuracy(predicted, labels[:400]), CHANCE, receiver_accuracy) >= 0.9
+
+
+def test_identity_cipher_is_broken_by_linear_probe(data):
+    (train_latents, train_labels), (test_latents, test_labels), _, receiver_accuracy = data
+    accuracy = linear_probe_attack(train_latents, train_labels, test_latents, test_labels)
+    assert advantage(accuracy, CHANCE, receiver_accuracy) >= 0.9
+
+
+def test_fresh_uniform_mask_is_at_chance_for_learned_inversion(data):
+    (_, train_labels), (_, test_labels), _, receiver_accuracy = data
+    generator = torch.Generator().manual_seed(5)
+    train_features = torch.rand(len(train_labels), DIM, generator=generator)  # independent of the labels
+    test_features = torch.rand(len(test_labels), DIM, generator=generator)
+    accuracy = learned_inversion_attack(train_features, train_labels, test_features, test_labels,
+                                        restarts=2, epochs=5, seed=0)
+    low, high = wilson_interval(round(accuracy * len(test_labels)), len(test_labels))
+    assert low <= CHANCE <= high
+    assert advantage(accuracy, CHANCE, receiver_accuracy) <= 0.1
+
+
+def test_suite_report_broken_and_keyed_modular_at_chance(data):
+    (train_latents, train_labels), (test_latents, test_labels), receiver, receiver_accuracy = data
+    schemes = ("report", "keyed-timestep", "keyed-gaussian", "keyed-modular")
+    results = run_attack_suite(schemes, train_latents, train_labels, test_latents, test_labels, receiver,
+                               receiver_accuracy, NUM_CLASSES, quick=True)
+    assert all(isinstance(result, AttackResult) and result.samples == 2000 for result in results)
+    by_key = {(result.scheme, result.attacker): result for result in results}
+    attackers = ("known-model", "linear-probe", "learned-inversion", "known-plaintext")
+    expected = {(scheme, attacker) for scheme in schemes for attacker in attackers}
+    assert set(by_key) == expected | {("keyed-timestep", "timestep-search")}
+    assert by_key[("report", "known-model")].advantage >= 0.9
+    for attacker in attackers:
+        result = by_key[("keyed-modular", attacker)]
+        assert result.advantage <= 0.1, result
+        assert result.ci_low <= result.chance <= result.ci_high, result
+    assert "information bound" in by_key[("keyed-gaussian", "known-model")].note
+    with pytest.raises(ValueError, match="differ in length"):
+        run_attack_suite(["report"], train_latents, train_labels[:10], test_latents, test_labels, receiver,
+                         receiver_accuracy, NUM_CLASSES, quick=True)
