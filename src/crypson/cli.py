@@ -154,6 +154,12 @@ def evaluate_command(params: ParamsOption = Path("params.yaml"), root: RootOptio
     _run("evaluate", params, root)
 
 
+@stage_app.command("attack")
+def attack_command(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+    """Attack suite: every attacker against every mask scheme; advantage per scheme as DVC metrics."""
+    _run("attack", params, root)
+
+
 @stage_app.command("promote")
 def promote_command(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
     """Move the `champion` alias to this run's models if every gate passes."""

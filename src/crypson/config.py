@@ -93,10 +93,20 @@ class EvaluateConfig(_Section):
     batch_size: int = Field(512, ge=1)
 
 
+class AttackConfig(_Section):
+    train_per_class: int = Field(60, ge=1, le=100_000)  # cGAN characters per class the attackers learn from
+    test_per_class: int = Field(30, ge=1, le=100_000)  # held-out characters per class they are scored on
+    message_length: int = Field(16, ge=1, le=4096)  # characters per simulated message (one key and nonce each)
+    restarts: int = Field(3, ge=1, le=100)  # fresh initialisations of each learned attacker; the best counts
+    epochs: int = Field(20, ge=1, le=10_000)  # training epochs of each learned attacker
+    timestep_grid: int = Field(256, ge=1, le=1 << 20)  # candidate timesteps the timestep search tries
+
+
 class PromoteConfig(_Section):
     min_accuracy_real: float = Field(0.5, ge=0, le=1)
     min_accuracy_generated: float = Field(0.5, ge=0, le=1)
     min_psnr_db: float = Field(12.0, ge=0)
+    max_attacker_advantage: float | None = Field(0.02, ge=0, le=1)  # for cipher.scheme; null = no gate
 
 
 class CipherConfig(_Section):
@@ -124,6 +134,7 @@ class Config(_Section):
     vae: VaeConfig = VaeConfig(epochs=100)
     classifier: ClassifierConfig = ClassifierConfig(epochs=100, betas=(0.9, 0.999))
     evaluate: EvaluateConfig = EvaluateConfig()
+    attack: AttackConfig = AttackConfig()
     promote: PromoteConfig = PromoteConfig()
     cipher: CipherConfig = CipherConfig()
     tracking: TrackingConfig = TrackingConfig()

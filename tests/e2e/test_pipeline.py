@@ -65,6 +65,13 @@ def test_dvc_metrics_and_versioned_data(pipeline):
     assert (repo / "plots" / "confusion_real.csv").read_text().startswith("actual,predicted")
     assert json.loads((repo / "reports" / "validation.json").read_text())["success"] is True
     assert not list((repo / "checkpoints").glob("*.pt"))  # removed once each stage finished
+    assert "receiver_accuracy" in shown[""]["data"]["metrics/attacks.json"]["data"]
+    # Untrained tiny models: the receiver is at chance, so advantages are undefined (null), but every
+    # scheme and attacker is there.
+    attacks = json.loads((repo / "metrics" / "attacks.json").read_text())
+    assert set(attacks["advantage"]) == {"report", "keyed-timestep", "keyed-gaussian", "keyed-modular"}
+    assert {"known-model", "linear-probe", "learned-inversion"} <= set(attacks["advantage"]["keyed-modular"])
+    assert "## keyed-modular" in (repo / "reports" / "attacks.md").read_text()
 
 
 def test_second_repro_does_nothing(pipeline):

@@ -7,12 +7,24 @@ from crypson.stages.evaluation import check_gates
 
 
 def test_gates_report_value_threshold_and_margin():
-    config = parse_config({"promote": {"min_accuracy_real": 0.8, "min_accuracy_generated": 0.5, "min_psnr_db": 20}})
-    gates = check_gates(config, {"accuracy_real": 0.85, "accuracy_generated": 0.5, "psnr_db": 18.5})
+    config = parse_config({"promote": {"min_accuracy_real": 0.8, "min_accuracy_generated": 0.5, "min_psnr_db": 20,
+                                       "max_attacker_advantage": 0.02}})
+    gates = check_gates(config, {"accuracy_real": 0.85, "accuracy_generated": 0.5, "psnr_db": 18.5,
+                                 "default_scheme_max_advantage_ci_low": 0.05})
     by_metric = {gate["metric"]: gate for gate in gates}
     assert by_metric["accuracy_real"]["passed"] and by_metric["accuracy_real"]["margin"] == pytest.approx(0.05)
     assert by_metric["accuracy_generated"]["passed"]  # equal to the threshold passes
     assert not by_metric["psnr_db"]["passed"] and by_metric["psnr_db"]["margin"] == pytest.approx(-1.5)
+    advantage = by_metric["default_scheme_max_advantage_ci_low"]
+    assert not advantage["passed"] and advantage["margin"] == pytest.approx(-0.03)  # an upper bound
+
+
+def test_unmeasured_advantage_fails_its_gate_and_null_disables_it():
+    results = {"accuracy_real": 1.0, "accuracy_generated": 1.0, "psnr_db": 30.0, "default_scheme_max_advantage_ci_low": None}
+    gates = check_gates(parse_config({}), results)
+    assert [g["metric"] for g in gates if not g["passed"]] == ["default_scheme_max_advantage_ci_low"]
+    gates = check_gates(parse_config({"promote": {"max_attacker_advantage": None}}), results)
+    assert all(g["passed"] for g in gates) and len(gates) == 3
 
 
 @pytest.mark.parametrize("kind, hparams", [

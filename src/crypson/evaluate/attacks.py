@@ -338,6 +338,9 @@ def run_attack_suite(
     quick: bool = False,
     gaussian_sigma: float = 4.0,
     modular_range: float = 6.0,
+    restarts: int | None = None,
+    epochs: int | None = None,
+    grid_size: int | None = None,
 ) -> list[AttackResult]:
     """Every attacker against every named scheme, on ciphertexts made here under fresh random keys.
 
@@ -352,6 +355,8 @@ def run_attack_suite(
         seed: seeds keys, nonces, candidate timesteps and the attackers' networks.
         quick: one restart, few epochs, a coarse timestep grid (tests and smoke runs).
         gaussian_sigma, modular_range: the scheme parameters the sender uses.
+        restarts, epochs, grid_size: the learned attackers' restarts and epochs and the timestep
+            search's candidates; None takes the quick or full default.
     Returns:
         One AttackResult per (scheme, attacker), in scheme order.
     """
@@ -361,7 +366,10 @@ def run_attack_suite(
     if len(labels_test) == 0 or num_classes < 2:
         raise ValueError(f"need test characters and num_classes >= 2, got {len(labels_test)} and {num_classes}")
     chance = 1.0 / num_classes
-    restarts, epochs, grid_size = (1, 10, 256) if quick else (3, 30, 1024)
+    quick_defaults, full_defaults = (1, 10, 256), (3, 30, 1024)
+    defaults = quick_defaults if quick else full_defaults
+    restarts, epochs, grid_size = (given if given is not None else default
+                                   for given, default in zip((restarts, epochs, grid_size), defaults))
     samples = len(labels_test)
     results = []
     for index, name in enumerate(scheme_names):

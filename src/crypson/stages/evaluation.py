@@ -101,13 +101,26 @@ def evaluate(config: Config, layout: Layout, context: tracking.TrackingContext) 
 
 
 def check_gates(config: Config, results: dict[str, float]) -> list[dict]:
-    """Each gate with its value, threshold and margin; a gate passes when value >= threshold."""
+    """Each gate with its value, threshold and margin (positive = room to spare).
+
+    Quality gates pass when value >= threshold; the attacker-advantage gate when the lower 95% bound
+    of the best attacker's advantage is <= threshold. An advantage that could not be measured (NaN
+    or missing) fails its gate.
+    """
     gates = config.promote
-    thresholds = {"accuracy_real": gates.min_accuracy_real, "accuracy_generated": gates.min_accuracy_generated,
-                  "psnr_db": gates.min_psnr_db}
-    return [{"metric": metric, "value": results[metric], "threshold": threshold,
-             "margin": round(results[metric] - threshold, 6), "passed": results[metric] >= threshold}
-            for metric, threshold in thresholds.items()]
+    checks = [("accuracy_real", gates.min_accuracy_real, "min"),
+              ("accuracy_generated", gates.min_accuracy_generated, "min"),
+              ("psnr_db", gates.min_psnr_db, "min")]
+    if gates.max_attacker_advantage is not None:
+        checks.append(("default_scheme_max_advantage_ci_low", gates.max_attacker_advantage, "max"))
+    report = []
+    for metric, threshold, kind in checks:
+        value = results.get(metric)
+        value = math.nan if value is None else float(value)
+        margin = value - threshold if kind == "min" else threshold - value
+        report.append({"metric": metric, "value": value, "threshold": threshold, "kind": kind,
+                       "margin": round(margin, 6), "passed": bool(margin >= 0)})
+    return report
 
 
 def promote(config: Config, layout: Layout, context: tracking.TrackingContext) -> dict:
@@ -117,6 +130,7 @@ def promote(config: Config, layout: Layout, context: tracking.TrackingContext) -
     still succeeds: not promoting is a valid outcome of a pipeline run.
     """
     results = json.loads(layout.metrics("evaluate").read_text())
+    results.update(json.loads(layout.metrics("attacks").read_text()))
     versions = {}
     for kind in ("cgan", "vae", "classifier"):
         registration = json.loads((layout.model_dir(kind) / "registration.json").read_text())
@@ -126,14 +140,15 @@ def promote(config: Config, layout: Layout, context: tracking.TrackingContext) -
     before = tracking.champion_versions(list(versions))
     with tracking.stage_run(context, "promote"):
         mlflow.log_dict({"gates": gates}, "gates.json")
-        mlflow.log_metrics({f"gate_margin.{g['metric']}": g["margin"] for g in gates})
+        mlflow.log_metrics({f"gate_margin.{g['metric']}": g["margin"] for g in gates if not math.isnan(g["margin"])})
         mlflow.set_tags({"promoted": str(passed).lower(), **{f"version.{n}": v for n, v in versions.items()}})
         if passed:
             tracking.set_champion(versions)
     failed = [g for g in gates if not g["passed"]]
     for gate in failed:
-        log.warning("gate failed: %s = %.4g is below %.4g by %.4g; champion stays at %s",
-                    gate["metric"], gate["value"], gate["threshold"], -gate["margin"], before)
+        log.warning("gate failed: %s = %.4g is %s %.4g by %.4g; champion stays at %s", gate["metric"],
+                    gate["value"], "below" if gate["kind"] == "min" else "above", gate["threshold"],
+                    -gate["margin"], before)
     decision = {"promoted": passed, "gates": gates, "candidate_versions": versions,
                 "champion_before": before, "champion_after": versions if passed else before}
     atomic_write_json(layout.promotion_report, decision)
