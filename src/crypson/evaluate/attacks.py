@@ -234,9 +234,10 @@ def linear_probe_attack(
         Accuracy on the test characters.
     """
     num_positions = _num_positions(train_positions, test_positions)
-    scaler = StandardScaler().fit(_with_positions(train_features, train_positions, num_positions))
+    train_inputs = _with_positions(train_features, train_positions, num_positions)
+    scaler = StandardScaler().fit(train_inputs)
     probe = LogisticRegression(max_iter=1000)
-    probe.fit(scaler.transform(_with_positions(train_features, train_positions, num_positions)), train_labels.numpy())
+    probe.fit(scaler.transform(train_inputs), train_labels.numpy())
     predicted = probe.predict(scaler.transform(_with_positions(test_features, test_positions, num_positions)))
     return float((predicted == test_labels.numpy()).mean())
 
