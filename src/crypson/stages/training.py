@@ -1,11 +1,17 @@
 """Training stages: cGAN, VAE, classifier. Each trains through the shared loop, saves its model
-file (a DVC output), logs its MLflow run and registers a new version with alias `candidate`."""
+file (a DVC output), logs its MLflow run and registers a new version with alias `candidate`.
+
+Under torchrun (`torchrun --nproc_per_node=N -m crypson stage train-vae`) every rank runs the
+stage inside one process group and trains its shard; rank 0 alone tracks and writes outputs,
+the other ranks get no tracking context (None), track nothing and return an empty dict (see
+crypson.train.distributed)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -25,7 +31,7 @@ from crypson.models import vae as vae_model
 from crypson.stages.common import Layout, log_image_grid, log_loss_curves, write_csv
 from crypson.train import cgan as cgan_train
 from crypson.train import classifier as classifier_train
-from crypson.train import loop
+from crypson.train import distributed, loop
 from crypson.train import vae as vae_train
 from crypson.train.loop import (
     FitResult, InMemoryBatches, LoopSettings, derived_seed, fingerprint_of, fit, resolve_device,
@@ -35,18 +41,31 @@ from crypson.train.loop import (
 def _settings(config: Config, layout: Layout, stage: str, data: PreparedData,
               code: tuple[ModuleType, ...], progress: bool) -> LoopSettings:
     section = getattr(config, stage)
-    modules = (loop, *code)
+    modules = (loop, distributed, *code)
+    world = distributed.current()
     return LoopSettings(
         epochs=section.epochs,
         checkpoint_path=layout.checkpoint(stage),
         # A checkpoint is resumed only by the same params, data and training code.
         fingerprint=fingerprint_of(section.model_dump(mode="json"), config.seed, data.manifest["data_version"],
                                    files=tuple(Path(m.__file__) for m in modules)),
-        device=resolve_device(config.device),
+        device=distributed.local_device(resolve_device(config.device), world),
         seed=config.seed,
         max_train_batches=section.max_train_batches,
-        progress=progress,
+        progress=progress and world.is_main,
+        world=world,
     )
+
+
+def _in_process_group(stage: Callable[..., dict]) -> Callable[..., dict]:
+    """Run a training stage inside torchrun's process group (a no-op for a single process)."""
+
+    @functools.wraps(stage)
+    def run(config: Config, *args: Any, **kwargs: Any) -> dict:
+        with distributed.process_group(resolve_device(config.device)):
+            return stage(config, *args, **kwargs)
+
+    return run
 
 
 def _run_params(config: Config, stage: str, data: PreparedData) -> dict[str, Any]:
@@ -58,12 +77,22 @@ def _run_params(config: Config, stage: str, data: PreparedData) -> dict[str, Any
 
 @contextmanager
 def _tracked_fit(task: loop.TrainTask, batches: InMemoryBatches, settings: LoopSettings,
-                 context: tracking.TrackingContext, stage: str, params: dict[str, Any]) -> Iterator[FitResult]:
-    """Fit inside the stage's MLflow run, resuming both the run and the weights after an interruption."""
+                 context: tracking.TrackingContext | None, stage: str,
+                 params: dict[str, Any]) -> Iterator[FitResult]:
+    """Fit inside the stage's MLflow run, resuming both the run and the weights after an interruption.
+
+    Ranks other than 0 fit without MLflow: rank 0 logs the metrics averaged over all ranks."""
+    if not settings.world.is_main:
+        yield fit(task, batches, settings)
+        return
+    if context is None:
+        raise ValueError(f"{stage}: rank 0 needs a tracking context, got None")
     checkpoint = loop.read_checkpoint(settings)
     resume_id = checkpoint["extra"].get("mlflow_run_id") if checkpoint else None
     with tracking.stage_run(context, stage, resume_id) as run_id:
         tracking.log_params(params)
+        # A tag, not a param: a resumed run may continue on another number of processes.
+        mlflow.set_tag("crypson.world_size", settings.world.size)
         yield fit(task, batches, settings, on_epoch_end=tracking.log_epoch_metrics,
                   extra={"mlflow_run_id": run_id})
 
@@ -91,7 +120,9 @@ def _register(context: tracking.TrackingContext, kind: str, model_uri: str, data
     return {"name": name, "version": version, "run_id": tags["run_id"], "model_uri": model_uri}
 
 
-def train_cgan(config: Config, layout: Layout, context: tracking.TrackingContext, progress: bool = True) -> dict:
+@_in_process_group
+def train_cgan(config: Config, layout: Layout, context: tracking.TrackingContext | None,
+               progress: bool = True) -> dict:
     """Train the conditional GAN on the training split; register `crypson-cgan`."""
     data = load_prepared(layout.prepared)
     section, classes = config.cgan, data.classes
@@ -107,6 +138,8 @@ def train_cgan(config: Config, layout: Layout, context: tracking.TrackingContext
     batches = InMemoryBatches((torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)),
                               section.batch_size, seed=config.seed)
     with _tracked_fit(task, batches, settings, context, "train_cgan", _run_params(config, "cgan", data)) as result:
+        if not settings.world.is_main:
+            return {}
         generator.load_state_dict(result.best_state["generator"])
         discriminator.load_state_dict(result.best_state["discriminator"])
         out = layout.model_dir("cgan")
@@ -124,7 +157,9 @@ def train_cgan(config: Config, layout: Layout, context: tracking.TrackingContext
     return registration
 
 
-def train_vae(config: Config, layout: Layout, context: tracking.TrackingContext, progress: bool = True) -> dict:
+@_in_process_group
+def train_vae(config: Config, layout: Layout, context: tracking.TrackingContext | None,
+              progress: bool = True) -> dict:
     """Train the VAE on real (or glyph) training images; register `crypson-vae`."""
     data = load_prepared(layout.prepared)
     section = config.vae
@@ -136,6 +171,8 @@ def train_vae(config: Config, layout: Layout, context: tracking.TrackingContext,
                              torch.from_numpy(data.val.images), section.batch_size)
     batches = InMemoryBatches((torch.from_numpy(data.train.images),), section.batch_size, seed=config.seed)
     with _tracked_fit(task, batches, settings, context, "train_vae", _run_params(config, "vae", data)) as result:
+        if not settings.world.is_main:
+            return {}
         vae.load_state_dict(result.best_state["vae"])
         artifacts.save_model(layout.model_dir("vae") / "vae.pt", "vae", params, result.best_state["vae"], data.classes)
         sample = torch.from_numpy(data.test.images[:32])
@@ -160,7 +197,8 @@ def _generated_latents(layout: Layout, vae: torch.nn.Module, count: int, classes
     return mu[:count].cpu(), logvar[:count].cpu(), labels[:count]
 
 
-def train_classifier(config: Config, layout: Layout, context: tracking.TrackingContext,
+@_in_process_group
+def train_classifier(config: Config, layout: Layout, context: tracking.TrackingContext | None,
                      progress: bool = True) -> dict:
     """Train the latent classifier over the trained VAE's frozen decoder; register `crypson-classifier`.
 
@@ -206,6 +244,8 @@ def train_classifier(config: Config, layout: Layout, context: tracking.TrackingC
     versions = {"vae_version": vae_registration["version"], "cgan_version": cgan_registration["version"]}
     run_params = {**_run_params(config, "classifier", data), **{k.replace("_", "."): v for k, v in versions.items()}}
     with _tracked_fit(task, batches, settings, context, "train_classifier", run_params) as result:
+        if not settings.world.is_main:
+            return {}
         classifier.load_state_dict(result.best_state["classifier"])
         artifacts.save_model(layout.model_dir("classifier") / "classifier.pt", "classifier", params,
                              result.best_state["classifier"], data.classes)

@@ -32,6 +32,9 @@ class CganTask:
         self, generator: Generator, discriminator: Discriminator, lr: float, betas: tuple[float, float]
     ) -> None:
         self.generator, self.discriminator = generator, discriminator
+        # What train_step calls: the bare modules, or their DDP wrappers (see wrap_modules).
+        self.train_generator: nn.Module = generator
+        self.train_discriminator: nn.Module = discriminator
         self.optimizer_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)
         self.optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
         self.autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
@@ -42,20 +45,25 @@ class CganTask:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"generator": self.optimizer_g, "discriminator": self.optimizer_d}
 
+    def wrap_modules(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        self.train_generator, self.train_discriminator = wrap(self.generator), wrap(self.discriminator)
+
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         images_u8, class_index = batch
         real = to_tanh_range(images_u8)  # (B, 1, 32, 32)
         noise = self.generator.sample_noise(len(real))
         with self.autocast():
-            fake = self.generator(noise, class_index)
-            real_logit = self.discriminator(real, class_index)
-            fake_logit = self.discriminator(fake.detach(), class_index)
+            fake = self.train_generator(noise, class_index)
+            real_logit = self.train_discriminator(real, class_index)
+            fake_logit = self.train_discriminator(fake.detach(), class_index)
         loss_d = F.binary_cross_entropy_with_logits(real_logit.float(), torch.ones_like(real_logit, dtype=torch.float32)) \
             + F.binary_cross_entropy_with_logits(fake_logit.float(), torch.zeros_like(fake_logit, dtype=torch.float32))
         self.optimizer_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.optimizer_d.step()
 
+        # The bare discriminator: only G's gradients are wanted here, so under DDP only G's are
+        # all-reduced (D's local gradients from this pass are cleared before D's next step).
         with self.autocast():
             fooled_logit = self.discriminator(fake, class_index)
         # Non-saturating generator loss: maximise log D(G(z)) (Goodfellow et al. 2014, section 3).

@@ -45,6 +45,7 @@ class ClassifierTask:
         validation: dict[str, tuple[torch.Tensor, torch.Tensor]], batch_size: int,
     ) -> None:
         self.classifier = classifier
+        self.train_classifier: nn.Module = classifier  # what train_step calls: bare or DDP-wrapped
         self.optimizer = torch.optim.Adam(classifier.head.parameters(), lr=lr, betas=betas)
         self.validation, self.batch_size = validation, batch_size
         self.autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
@@ -55,11 +56,14 @@ class ClassifierTask:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"classifier": self.optimizer}
 
+    def wrap_modules(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        self.train_classifier = wrap(self.classifier)
+
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         mu, logvar, class_index = batch
         latent = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         with self.autocast():
-            logits = self.classifier(latent)
+            logits = self.train_classifier(latent)
         loss = F.cross_entropy(logits.float(), class_index)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -7,7 +7,8 @@ best epoch on validation, and a progress bar. Losses are summed on the device an
 per epoch: no per-step host synchronisation.
 
 What a model brings is a `TrainTask`: its modules, its optimizers, one `train_step` and a
-`validate`.
+`validate`. Under torchrun (`LoopSettings.world` from crypson.train.distributed) each rank trains
+on its shard of every global batch through DDP-wrapped modules; rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from crypson.io import atomic_write_bytes
+from crypson.train import distributed
+from crypson.train.distributed import World
 
 CHECKPOINT_FORMAT = 1
 
@@ -54,9 +57,13 @@ def derived_seed(seed: int, purpose: str | int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:4], "little")
 
 
-def seed_everything(seed: int, epoch: int = 0) -> None:
-    """Seed Python, NumPy and torch from (seed, epoch), so epoch e is reproducible on its own."""
-    derived = derived_seed(seed, epoch)
+def seed_everything(seed: int, epoch: int = 0, rank: int = 0) -> None:
+    """Seed Python, NumPy and torch from (seed, epoch), so epoch e is reproducible on its own.
+
+    Under DDP each rank gets its own stream (noise, dropout masks): equal streams would give
+    every shard the same noise. Rank 0's stream is the single-process one.
+    """
+    derived = derived_seed(seed, epoch if rank == 0 else f"{epoch}/rank{rank}")
     random.seed(derived)
     np.random.seed(derived)
     torch.manual_seed(derived)
@@ -93,7 +100,8 @@ class InMemoryBatches:
         full, rest = divmod(self.size, self.batch_size)
         return full + (0 if self.drop_last or rest == 0 else 1)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    def epoch(self, epoch: int, rank: int = 0, world_size: int = 1) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The epoch's batches; with world_size > 1, rank's contiguous share of each global batch."""
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             order = torch.randperm(self.size, generator=generator)
@@ -101,6 +109,7 @@ class InMemoryBatches:
             order = torch.arange(self.size)
         for batch_index in range(len(self)):
             rows = order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+            rows = rows.tensor_split(world_size)[rank]  # all of them when world_size is 1
             yield tuple(t[rows] for t in self.tensors)
 
 
@@ -116,6 +125,10 @@ class TrainTask(Protocol):
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]: ...
     def validate(self) -> dict[str, float]: ...
 
+    def wrap_modules(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Run train_step's forward passes through wrap(module) (DDP); validate keeps the bare
+        modules. Called by the loop only under DDP."""
+
 
 @dataclass(frozen=True)
 class LoopSettings:
@@ -128,6 +141,7 @@ class LoopSettings:
     seed: int = 0
     max_train_batches: int | None = None  # the tests' fast path
     progress: bool = True
+    world: World = World()  # this process among torchrun's ranks; a single process by default
 
 
 @dataclass
@@ -191,13 +205,17 @@ def fit(
     Returns:
         The per-epoch history and the best epoch's weights (CPU tensors).
     """
-    device = settings.device
+    device, world = settings.device, settings.world
     use_amp = device.type == "cuda"
     task.autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
     modules, optimizers = task.modules(), task.optimizers()
+    if world.is_distributed and batches.batch_size % world.size:
+        raise ValueError(f"batch_size {batches.batch_size} must be a multiple of WORLD_SIZE {world.size}: "
+                         "each rank trains on an equal share of every global batch")
     result = FitResult(extra=dict(extra or {}))
     start_epoch = 0
-    checkpoint = read_checkpoint(settings)
+    # Rank 0 reads the checkpoint and sends it to the others: no rank needs to see rank 0's disk.
+    checkpoint = distributed.broadcast_from_main(read_checkpoint(settings) if world.is_main else None, world)
     if checkpoint is not None:
         for name, module in modules.items():
             module.load_state_dict(checkpoint["modules"][name])
@@ -208,18 +226,20 @@ def fit(
         result.best_state = checkpoint["best_state"]
         result.extra = {**checkpoint["extra"], **result.extra}
         start_epoch = result.resumed_from_epoch = checkpoint["epoch"] + 1
+    if world.is_distributed:
+        task.wrap_modules(lambda module: distributed.wrap(module, world))
 
     steps_per_epoch = min(len(batches), settings.max_train_batches or len(batches))
     for epoch in range(start_epoch, settings.epochs):
-        seed_everything(settings.seed, epoch)
+        seed_everything(settings.seed, epoch, world.rank)
         for module in modules.values():
             module.train()
         started = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
         rows = 0
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{settings.epochs}",
-                   disable=not settings.progress, leave=False, mininterval=2.0)
-        for step, batch in enumerate(batches.epoch(epoch)):
+                   disable=not (settings.progress and world.is_main), leave=False, mininterval=2.0)
+        for step, batch in enumerate(batches.epoch(epoch, world.rank, world.size)):
             if step == steps_per_epoch:
                 break
             batch = tuple(t.to(device, non_blocking=True) for t in batch)
@@ -228,11 +248,12 @@ def fit(
             rows += len(batch[0])
             bar.update()
         bar.close()
-        # One host sync per epoch: the summed losses come back together.
-        metrics = {key: float(value) / steps_per_epoch
-                   for key, value in zip(sums, torch.stack(list(sums.values())).tolist())}
+        # One host sync (and, under DDP, one all-reduce) per epoch: the summed losses come back together.
+        totals = distributed.sum_over_ranks(
+            torch.stack([*sums.values(), torch.tensor(float(rows), device=device)]), world).tolist()
+        metrics = {key: value / (steps_per_epoch * world.size) for key, value in zip(sums, totals)}
         elapsed = time.perf_counter() - started
-        metrics["train_images_per_second"] = rows / max(elapsed, 1e-9)
+        metrics["train_images_per_second"] = totals[-1] / max(elapsed, 1e-9)
         for module in modules.values():
             module.eval()
         with torch.no_grad():
@@ -245,19 +266,23 @@ def fit(
             result.best_state = _cpu_state(modules)
         # Metrics go to the tracker before the checkpoint: a kill in between re-runs (and re-logs)
         # this epoch instead of losing its metrics.
-        if on_epoch_end is not None:
+        if on_epoch_end is not None and world.is_main:
             on_epoch_end(epoch, metrics)
-        _save_atomic(
-            {
-                "format": CHECKPOINT_FORMAT, "fingerprint": settings.fingerprint, "epoch": epoch,
-                "modules": _cpu_state(modules),
-                "optimizers": {n: copy.deepcopy(o.state_dict()) for n, o in optimizers.items()},
-                "history": result.history, "best_epoch": result.best_epoch,
-                "best_metric": result.best_metric, "best_state": result.best_state, "extra": result.extra,
-            },
-            settings.checkpoint_path,
-        )
-        if settings.progress:
+        if world.is_main:
+            _save_atomic(
+                {
+                    "format": CHECKPOINT_FORMAT, "fingerprint": settings.fingerprint, "epoch": epoch,
+                    "modules": _cpu_state(modules),
+                    "optimizers": {n: copy.deepcopy(o.state_dict()) for n, o in optimizers.items()},
+                    "history": result.history, "best_epoch": result.best_epoch,
+                    "best_metric": result.best_metric, "best_state": result.best_state, "extra": result.extra,
+                },
+                settings.checkpoint_path,
+            )
+        # No rank starts the next epoch before this one's checkpoint exists, so a failure on any
+        # rank resumes every rank from the same epoch.
+        distributed.barrier(world)
+        if settings.progress and world.is_main:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
             tqdm.write(f"epoch {epoch + 1}/{settings.epochs}: {shown}")
     return result

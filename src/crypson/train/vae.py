@@ -29,6 +29,7 @@ class VaeTask:
         val_images_u8: torch.Tensor, batch_size: int,
     ) -> None:
         self.vae = vae
+        self.train_vae: nn.Module = vae  # what train_step calls: the VAE or its DDP wrapper
         self.optimizer = torch.optim.Adam(vae.parameters(), lr=lr, betas=betas)
         self.recon_weight, self.kl_weight = recon_weight, kl_weight
         self.val_images_u8, self.batch_size = val_images_u8, batch_size
@@ -40,15 +41,18 @@ class VaeTask:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"vae": self.optimizer}
 
-    def _loss(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def wrap_modules(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        self.train_vae = wrap(self.vae)
+
+    def _loss(self, images: torch.Tensor, model: nn.Module) -> tuple[torch.Tensor, ...]:
         with self.autocast():
-            reconstruction, mu, logvar = self.vae(images)
+            reconstruction, mu, logvar = model(images)
         return (*vae_loss(reconstruction, images, mu.float(), logvar.float(),
                           self.recon_weight, self.kl_weight), reconstruction)
 
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         images = to_unit_range(batch[0])
-        loss, recon, kl, _ = self._loss(images)
+        loss, recon, kl, _ = self._loss(images, self.train_vae)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -60,7 +64,7 @@ class VaeTask:
         count = 0
         for start in range(0, len(self.val_images_u8), self.batch_size):
             images = to_unit_range(self.val_images_u8[start : start + self.batch_size].to(device))
-            loss, _, _, reconstruction = self._loss(images)
+            loss, _, _, reconstruction = self._loss(images, self.vae)
             psnr = peak_signal_noise_ratio(reconstruction.float(), images, data_range=1.0, reduction="none",
                                            dim=(1, 2, 3))
             totals += torch.stack([loss * len(images), psnr.sum()])
