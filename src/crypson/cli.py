@@ -17,10 +17,12 @@ from crypson import tracking
 from crypson.cipher import cli as cipher_cli
 from crypson.config import Config, ConfigError, deep_merge, load_config, parse_config
 from crypson.io import atomic_write_bytes
+from crypson.kfp.cli import app as pipeline_app
 
 app = typer.Typer(help="Crypson: latent-space text encryption as an MLOps pipeline.", no_args_is_help=True)
 stage_app = typer.Typer(help="Run one pipeline stage (what dvc.yaml calls).", no_args_is_help=True)
 app.add_typer(stage_app, name="stage")
+app.add_typer(pipeline_app, name="pipeline")
 cipher_cli.register(app)
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params file")]
@@ -88,6 +90,7 @@ def _tracking_context(config: Config, params: Path, root: Path) -> tracking.Trac
 
 def _run(stage: str, params: Path, root: Path, quiet: bool = False) -> None:
     from crypson import stages
+    from crypson.train import distributed
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("mlflow", "alembic", "great_expectations", "urllib3"):
@@ -99,11 +102,12 @@ def _run(stage: str, params: Path, root: Path, quiet: bool = False) -> None:
         if stage in ("ingest", "prepare", "validate"):
             getattr(stages, stage)(config, layout)
             return
-        context = _tracking_context(config, params, root)
         if stage.startswith("train_"):
+            # Under torchrun only rank 0 tracks: other ranks would race it to create the store and runs.
+            context = _tracking_context(config, params, root) if distributed.is_main_process() else None
             getattr(stages, stage)(config, layout, context, progress=not quiet)
-        else:
-            getattr(stages, stage)(config, layout, context)
+            return
+        getattr(stages, stage)(config, layout, _tracking_context(config, params, root))
     except (ConfigError, FileNotFoundError, stages.DataValidationError, ValueError) as error:
         typer.echo(f"crypson {stage}: error: {error}", err=True)
         raise typer.Exit(code=2) from None

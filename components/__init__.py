@@ -1,0 +1,1 @@
+"""Kubeflow components, one per Crypson stage (see stages.py)."""

@@ -1,0 +1,148 @@
+"""One Kubeflow (kfp v2) component per Crypson stage.
+
+Each is a few typed lines: the artifacts say what flows between stages (Dataset, Model, Metrics,
+ClassificationMetrics for the confusion matrices the KFP UI draws), and the body hands paths to
+crypson.kfp.runtime, which runs the stage function of crypson.stages on them. The bodies import
+inside themselves because KFP ships each function's source alone into the container, whose image
+(`build(image)`) holds the crypson package and kfp.
+
+Data stages take no run id, so KFP's cache can reuse them across runs; stages that log to MLflow
+take the KFP run id (`run_id`) and the code's commit, which become MLflow tags.
+No `from __future__ import annotations` here: KFP reads the annotations as types.
+"""
+
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl.python_component import PythonComponent
+
+
+def ingest(params: str, data_repo_url: str, data_rev: str, dvc_remote: str, dvc_remote_url: str,
+           raw: Output[Dataset]):
+    """Raw EMNIST-format files: DVC's version at `data_rev` of `data_repo_url`, else per params."""
+    from crypson.kfp import runtime
+
+    raw.metadata["source"] = runtime.ingest(params, raw.path, data_repo_url, data_rev, dvc_remote, dvc_remote_url)
+
+
+def prepare(params: str, raw: Input[Dataset], prepared: Output[Dataset]):
+    """Padded 32x32 train/val/test splits, classes, manifest and metadata table."""
+    from crypson.kfp import runtime
+
+    runtime.run_stage("prepare", params, {"raw": raw.path}, {"prepared": prepared.path})
+
+
+def validate(params: str, prepared: Input[Dataset], report: Output[Artifact]):
+    """Great-expectations suite on the metadata table; fails the run on a violated expectation."""
+    from crypson.kfp import runtime
+
+    result = runtime.run_stage("validate", params, {"prepared": prepared.path}, {"validation": report.path})
+    report.metadata["success"] = result["success"]
+
+
+def train_cgan(params: str, run_id: str, git_commit: str, prepared: Input[Dataset], cgan: Output[Model],
+               metrics: Output[Metrics]):
+    """Train and register the conditional GAN (`crypson-cgan`)."""
+    from crypson.kfp import runtime
+
+    results = runtime.run_stage("train_cgan", params, {"prepared": prepared.path}, {"cgan": cgan.path},
+                                run_id=run_id, git_commit=git_commit)
+    runtime.log_metrics(metrics, results)
+    cgan.metadata.update(runtime.registration(cgan.path))
+
+
+def train_vae(params: str, run_id: str, git_commit: str, prepared: Input[Dataset], vae: Output[Model],
+              metrics: Output[Metrics]):
+    """Train and register the VAE (`crypson-vae`)."""
+    from crypson.kfp import runtime
+
+    results = runtime.run_stage("train_vae", params, {"prepared": prepared.path}, {"vae": vae.path},
+                                run_id=run_id, git_commit=git_commit)
+    runtime.log_metrics(metrics, results)
+    vae.metadata.update(runtime.registration(vae.path))
+
+
+def train_classifier(params: str, run_id: str, git_commit: str, prepared: Input[Dataset], cgan: Input[Model],
+                     vae: Input[Model], classifier: Output[Model], metrics: Output[Metrics]):
+    """Train and register the latent classifier over the VAE's frozen decoder (`crypson-classifier`)."""
+    from crypson.kfp import runtime
+
+    results = runtime.run_stage("train_classifier", params,
+                                {"prepared": prepared.path, "cgan": cgan.path, "vae": vae.path},
+                                {"classifier": classifier.path}, run_id=run_id, git_commit=git_commit)
+    runtime.log_metrics(metrics, results)
+    classifier.metadata.update(runtime.registration(classifier.path))
+
+
+def evaluate(params: str, run_id: str, git_commit: str, prepared: Input[Dataset], cgan: Input[Model],
+             vae: Input[Model], classifier: Input[Model], metrics: Output[Metrics],
+             confusion_real: Output[ClassificationMetrics],
+             confusion_generated: Output[ClassificationMetrics]) -> dict:
+    """Receiver-path accuracy and confusion matrices (real and cGAN images), VAE PSNR/SSIM."""
+    from crypson.kfp import runtime
+
+    inputs = {"prepared": prepared.path, "cgan": cgan.path, "vae": vae.path, "classifier": classifier.path}
+    results = runtime.run_stage("evaluate", params, inputs, {"confusion_real": confusion_real.path,
+                                                             "confusion_generated": confusion_generated.path},
+                                run_id=run_id, git_commit=git_commit)
+    for confusion in (confusion_real, confusion_generated):
+        confusion.log_confusion_matrix(*runtime.confusion_matrix(confusion.path, prepared.path))
+    return runtime.log_metrics(metrics, results)
+
+
+def attack(params: str, run_id: str, git_commit: str, prepared: Input[Dataset], cgan: Input[Model],
+           vae: Input[Model], classifier: Input[Model], metrics: Output[Metrics], report: Output[Markdown]) -> dict:
+    """Every attacker against every mask scheme; the advantage per scheme."""
+    from crypson.kfp import runtime
+
+    inputs = {"prepared": prepared.path, "cgan": cgan.path, "vae": vae.path, "classifier": classifier.path}
+    results = runtime.run_stage("attack", params, inputs, {"attack_report": report.path}, run_id=run_id,
+                                git_commit=git_commit)
+    return runtime.log_metrics(metrics, results)
+
+
+def gate(params: str, evaluation: dict, attacks: dict) -> bool:
+    """True when every promotion gate of params.yaml passes (the pipeline's `dsl.If`)."""
+    from crypson.kfp import runtime
+
+    return runtime.gates_pass(params, evaluation, attacks)
+
+
+def promote(params: str, run_id: str, git_commit: str, evaluation: dict, attacks: dict, prepared: Input[Dataset],
+            cgan: Input[Model], vae: Input[Model], classifier: Input[Model], decision: Output[Artifact]):
+    """Move the `champion` alias to this run's three registered versions (the gates are checked again)."""
+    from crypson.kfp import runtime
+
+    inputs = {"prepared": prepared.path, "cgan": cgan.path, "vae": vae.path, "classifier": classifier.path}
+    result = runtime.run_stage("promote", params, inputs, {"promotion": decision.path}, run_id=run_id,
+                               git_commit=git_commit, results={"evaluate": evaluation, "attacks": attacks})
+    decision.metadata["promoted"] = result["promoted"]
+
+
+class StageComponents(NamedTuple):
+    """The components, built for one container image."""
+
+    ingest: PythonComponent
+    prepare: PythonComponent
+    validate: PythonComponent
+    train_cgan: PythonComponent
+    train_vae: PythonComponent
+    train_classifier: PythonComponent
+    evaluate: PythonComponent
+    attack: PythonComponent
+    gate: PythonComponent
+    promote: PythonComponent
+
+
+def build(image: str) -> StageComponents:
+    """Every stage as a component running in `image`.
+
+    The image carries crypson and kfp already (the `kubeflow` extra), so nothing is pip-installed
+    when a task starts: a cluster without PyPI access runs the pipeline, and every task runs the
+    exact versions the image was built with.
+    """
+    functions = (ingest, prepare, validate, train_cgan, train_vae, train_classifier, evaluate, attack, gate, promote)
+    return StageComponents(*(dsl.component(function, base_image=image, install_kfp_package=False)
+                             for function in functions))

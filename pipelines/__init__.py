@@ -1,0 +1,1 @@
+"""The Kubeflow pipeline: wiring and placement (see crypson_pipeline.py)."""

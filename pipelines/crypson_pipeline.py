@@ -1,0 +1,98 @@
+"""The Crypson pipeline on Kubeflow: wiring and placement only.
+
+    ingest -> prepare -> validate -+-> train_cgan -+-> train_classifier -+-> evaluate -+-> gate
+                                   +-> train_vae --+                     +-> attack ---+   dsl.If(gate passes): promote
+
+The stages are the components of components/stages.py (each calls crypson.stages); this file
+decides what runs after what, where (the training steps on the GPU node pool), with which
+credentials (a Kubernetes Secret, never a value in the spec) and what KFP may cache.
+`crypson pipeline compile` writes pipelines/crypson_pipeline.yaml from it, with params.yaml as
+the default of the `params` argument.
+"""
+
+
+from kfp import dsl, kubernetes
+from kfp.dsl.graph_component import GraphComponent
+
+from components import stages
+
+DEFAULT_IMAGE = "ghcr.io/crypson/crypson:0.1.0"
+IMAGE_ENV = "CRYPSON_IMAGE"  # overrides DEFAULT_IMAGE at compile time
+PIPELINE_NAME = "crypson"
+
+# The GPU node pool (infra/ creates it with this label and taint).
+GPU_NODE_LABEL = ("cloud.google.com/gke-nodepool", "gpu-pool")
+GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
+ACCELERATOR = "nvidia.com/gpu"  # the device plugin's resource name
+GPUS_PER_TRAINING_TASK = 1
+TRAINING_REQUESTS = {"cpu": "4", "memory": "16Gi"}
+TRAINING_LIMITS = {"cpu": "8", "memory": "32Gi"}
+SCORING_REQUESTS = {"cpu": "2", "memory": "8Gi"}  # evaluate and attack: CPU nodes
+DATA_REQUESTS = {"cpu": "1", "memory": "4Gi"}
+
+# MLflow server and S3 store: environment variables from this Secret (infra/ creates it).
+MLFLOW_SECRET = "crypson-mlflow"
+MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def on_gpu_pool(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Schedule a training task on one GPU of the GPU node pool, with room for its data loading."""
+    task.set_accelerator_type(ACCELERATOR).set_accelerator_limit(GPUS_PER_TRAINING_TASK)
+    task.set_cpu_request(TRAINING_REQUESTS["cpu"]).set_memory_request(TRAINING_REQUESTS["memory"])
+    task.set_cpu_limit(TRAINING_LIMITS["cpu"]).set_memory_limit(TRAINING_LIMITS["memory"])
+    kubernetes.add_node_selector(task, label_key=GPU_NODE_LABEL[0], label_value=GPU_NODE_LABEL[1])
+    kubernetes.add_toleration(task, **GPU_TAINT)
+    return task
+
+
+def with_requests(task: dsl.PipelineTask, requests: dict[str, str]) -> dsl.PipelineTask:
+    return task.set_cpu_request(requests["cpu"]).set_memory_request(requests["memory"])
+
+
+def with_mlflow_secret(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """MLflow and S3 settings as environment variables from the Secret, by reference."""
+    return kubernetes.use_secret_as_env(task, secret_name=MLFLOW_SECRET,
+                                        secret_key_to_env={key: key for key in MLFLOW_SECRET_KEYS})
+
+
+def tracked(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """A task that logs to MLflow: never cached (a cache hit would log no run for this KFP run)."""
+    return with_mlflow_secret(task).set_caching_options(False)
+
+
+def build_pipeline(params: str, image: str = DEFAULT_IMAGE) -> GraphComponent:
+    """The pipeline, with `params` (params.yaml text) as the default of its `params` argument.
+
+    Args:
+        params: params.yaml text; every stage reads its settings from it, as under `dvc repro`.
+        image: the container image every task runs in.
+    """
+    c = stages.build(image)
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Crypson: cGAN + VAE + latent classifier for keyed "
+                  "latent-space text encryption; trains, evaluates, attacks and promotes the models.")
+    def crypson(params: str = params, git_commit: str = "", data_repo_url: str = "", data_rev: str = "",
+                dvc_remote: str = "", dvc_remote_url: str = ""):
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        ingest = c.ingest(params=params, data_repo_url=data_repo_url, data_rev=data_rev, dvc_remote=dvc_remote,
+                          dvc_remote_url=dvc_remote_url)
+        with_mlflow_secret(with_requests(ingest, DATA_REQUESTS))  # S3 credentials for the DVC remote
+        prepare = with_requests(c.prepare(params=params, raw=ingest.outputs["raw"]), DATA_REQUESTS)
+        prepared = prepare.outputs["prepared"]
+        validate = with_requests(c.validate(params=params, prepared=prepared), DATA_REQUESTS)
+
+        common = {"params": params, "run_id": run_id, "git_commit": git_commit}
+        cgan = tracked(on_gpu_pool(c.train_cgan(**common, prepared=prepared).after(validate)))
+        vae = tracked(on_gpu_pool(c.train_vae(**common, prepared=prepared).after(validate)))
+        models = {"cgan": cgan.outputs["cgan"], "vae": vae.outputs["vae"]}
+        classifier = tracked(on_gpu_pool(c.train_classifier(**common, prepared=prepared, **models)))
+        models["classifier"] = classifier.outputs["classifier"]
+
+        evaluate = tracked(with_requests(c.evaluate(**common, prepared=prepared, **models), SCORING_REQUESTS))
+        attack = tracked(with_requests(c.attack(**common, prepared=prepared, **models), SCORING_REQUESTS))
+        gate = c.gate(params=params, evaluation=evaluate.outputs["Output"], attacks=attack.outputs["Output"])
+        with dsl.If(gate.output == True, name="gates-pass"):  # noqa: E712 - a KFP condition, not a Python test
+            tracked(c.promote(**common, evaluation=evaluate.outputs["Output"], attacks=attack.outputs["Output"],
+                              prepared=prepared, **models))
+
+    return crypson

@@ -1,0 +1,58 @@
+"""Run the Kubeflow pipeline on this machine with kfp.local: same spec, same components, no cluster.
+
+kfp 2.17's local runner executes the whole DAG, `dsl.If` included; it ignores what only a
+cluster can honour (the kfp-kubernetes node selector, toleration and Secret, the accelerator and
+resource requests) and warns that it does. So the local run is the committed pipeline minus its
+placement: MLflow settings come from this process's environment or from params.yaml instead of
+the Secret, and every task runs as a subprocess of the current Python environment.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from crypson.config import Config
+from crypson.kfp.project import load_pipeline_module, resolve_image
+
+
+def local_tracking_overrides(config: Config, base: Path) -> dict:
+    """params overrides that make an embedded MLflow store's paths absolute (relative to `base`).
+
+    Each task runs the stage in a temporary folder (crypson.kfp.runtime), so a relative SQLite
+    path or artifact folder would land there and be deleted with it.
+    """
+    tracking = config.tracking
+    uri = tracking.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
+        uri = "sqlite:///" + str((base / uri.removeprefix("sqlite:///")).resolve())
+    return {"tracking": {"tracking_uri": uri, "artifact_dir": str((base / tracking.artifact_dir).resolve())}}
+
+
+def run_local(repo: Path, params: str, pipeline_root: Path, arguments: dict[str, str]) -> dict:
+    """Run the pipeline with kfp.local's subprocess runner in this Python environment.
+
+    Args:
+        repo: repository root (holds pipelines/ and components/).
+        params: the `params` argument (params.yaml text with absolute tracking paths).
+        pipeline_root: where kfp.local writes every task's artifacts.
+        arguments: the pipeline's other arguments (git_commit, data_repo_url, ...).
+    Returns:
+        The pipeline's outputs (none today: the results are MLflow runs and artifacts).
+    Raises:
+        RuntimeError: naming the task that failed.
+    """
+    from kfp import local
+
+    module = load_pipeline_module(repo)
+    pipeline = module.build_pipeline(params, resolve_image(None, module))
+    # Tasks start `python3` from PATH: make it this environment's, where crypson is installed.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    # use_venv=False on purpose: the tasks run in this environment, not in the image's.
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(pipeline_root).resolve()),
+               raise_on_error=True)
+    task = pipeline(params=params, **arguments)
+    return dict(task.outputs)

@@ -1,0 +1,301 @@
+"""What a Kubeflow component runs in its container: artifacts in, one stage, artifacts out.
+
+The stages read and write a working-directory layout (crypson.stages.Layout), the one `dvc repro`
+uses. A component therefore copies its input artifacts into a Layout under a temporary folder,
+runs the stage exactly as the CLI does (same config validation, same MLflow context and tags),
+and copies the stage's outputs to its output artifact paths. No kfp import here: the component
+passes paths and plain values, so this module is tested without a KFP runtime.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from crypson.config import Config, parse_config
+from crypson.stages.common import Layout
+
+# Artifact name (as the components use it) -> where the stages keep that output in a Layout.
+ARTIFACTS: dict[str, Callable[[Layout], Path]] = {
+    "raw": lambda layout: layout.raw,
+    "prepared": lambda layout: layout.prepared,
+    "validation": lambda layout: layout.validation_report,
+    "cgan": lambda layout: layout.model_dir("cgan"),
+    "vae": lambda layout: layout.model_dir("vae"),
+    "classifier": lambda layout: layout.model_dir("classifier"),
+    "confusion_real": lambda layout: layout.plot("confusion_real.csv"),
+    "confusion_generated": lambda layout: layout.plot("confusion_generated.csv"),
+    "attack_report": lambda layout: layout.root / "reports" / "attacks.md",
+    "promotion": lambda layout: layout.promotion_report,
+}
+
+# The JSON a stage leaves as its result (what the component logs to KFP and passes on).
+RESULTS: dict[str, Callable[[Layout], Path]] = {
+    "validate": lambda layout: layout.validation_report,
+    "train_cgan": lambda layout: layout.metrics("train_cgan"),
+    "train_vae": lambda layout: layout.metrics("train_vae"),
+    "train_classifier": lambda layout: layout.metrics("train_classifier"),
+    "evaluate": lambda layout: layout.metrics("evaluate"),
+    "attack": lambda layout: layout.metrics("attacks"),
+    "promote": lambda layout: layout.promotion_report,
+}
+
+STAGES = ("ingest", "prepare", "validate", "train_cgan", "train_vae", "train_classifier", "evaluate", "attack",
+          "promote")
+
+
+class MetricsArtifact(Protocol):
+    """The part of kfp's Metrics artifact this module uses."""
+
+    def log_metric(self, metric: str, value: float) -> None: ...
+
+
+def load_params(params: str) -> Config:
+    """The pipeline's `params` argument (params.yaml text) -> a validated Config."""
+    raw = yaml.safe_load(params)
+    return parse_config(raw if raw is not None else {}, source="pipeline argument `params`")
+
+
+def check_tracking(config: Config, environment: Mapping[str, str]) -> None:
+    """Refuse an embedded MLflow store given by a relative path.
+
+    A component runs in a temporary folder that is deleted afterwards: a relative SQLite path or
+    artifact folder would put runs and model files where no one finds them again. A server
+    (MLFLOW_TRACKING_URI from the cluster's secret) decides its own artifact store.
+    """
+    uri = environment.get("MLFLOW_TRACKING_URI") or config.tracking.tracking_uri
+    if uri.startswith(("http://", "https://", "databricks")):
+        return
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
+        raise ValueError(f"tracking.tracking_uri {uri!r} is relative; a pipeline task needs an absolute "
+                         "sqlite:////path or a server URI (MLFLOW_TRACKING_URI)")
+    if not Path(config.tracking.artifact_dir).is_absolute():
+        raise ValueError(f"tracking.artifact_dir {config.tracking.artifact_dir!r} is relative; a pipeline task "
+                         "needs an absolute folder for an embedded store")
+
+
+def copy_path(source: Path, destination: Path) -> None:
+    """Copy a file or a whole folder (artifacts are either), creating parents."""
+    source, destination = Path(source), Path(destination)
+    if not source.exists():
+        raise FileNotFoundError(f"expected stage output or input artifact at {source}, found nothing")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, destination, dirs_exist_ok=True)
+    else:
+        shutil.copy2(source, destination)
+
+
+@contextmanager
+def task_environment(run_id: str, git_commit: str) -> Iterator[None]:
+    """Set what the CLI reads to tag MLflow runs, for the duration of one stage.
+
+    KFP_RUN_ID becomes the `kfp_run_id` tag and CRYPSON_EXECUTION_ID groups the stages of one KFP
+    run under one MLflow parent run; CRYPSON_GIT_COMMIT replaces `git rev-parse` (no .git in an image).
+    """
+    wanted = {"KFP_RUN_ID": run_id, "CRYPSON_EXECUTION_ID": run_id, "CRYPSON_GIT_COMMIT": git_commit}
+    saved = {key: os.environ.get(key) for key in wanted}
+    os.environ.update({key: value for key, value in wanted.items() if value})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _call_stage(stage: str, params_path: Path, root: Path) -> None:
+    """Run the stage the way `crypson stage ...` does (config, logging, MLflow context)."""
+    import typer
+
+    from crypson.cli import _run
+
+    try:
+        _run(stage, params_path, root, quiet=True)
+    except typer.Exit as exit_:
+        # The CLI printed the reason to stderr already.
+        raise RuntimeError(f"crypson stage {stage} failed with exit code {exit_.exit_code}; "
+                           "the reason is printed above") from None
+
+
+def run_stage(stage: str, params: str, inputs: Mapping[str, str], outputs: Mapping[str, str], *,
+              run_id: str = "", git_commit: str = "", results: Mapping[str, dict] | None = None) -> dict:
+    """Run one stage on artifacts.
+
+    Args:
+        stage: a crypson stage (STAGES).
+        params: params.yaml text (the pipeline argument).
+        inputs: artifact name (ARTIFACTS) -> local path of the input artifact.
+        outputs: artifact name (ARTIFACTS) -> local path the output artifact is written to.
+        run_id: the KFP run id, for MLflow tags and grouping (empty for data stages).
+        git_commit: the code's commit, recorded on MLflow runs (empty: ask git).
+        results: earlier stages' result JSON by metrics name (`evaluate`, `attacks`), for promote.
+    Returns:
+        The stage's result JSON (RESULTS), or {} for a stage without one.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; allowed: {', '.join(STAGES)}")
+    unknown = sorted(set(inputs) - set(ARTIFACTS) | set(outputs) - set(ARTIFACTS))
+    if unknown:
+        raise ValueError(f"unknown artifact names {unknown}; allowed: {', '.join(ARTIFACTS)}")
+    config = load_params(params)
+    if stage not in ("ingest", "prepare", "validate"):
+        check_tracking(config, os.environ)
+    with tempfile.TemporaryDirectory(prefix=f"crypson-{stage}-") as work:
+        layout = Layout(Path(work))
+        params_path = layout.root / "params.yaml"
+        params_path.write_text(params)
+        for name, path in inputs.items():
+            copy_path(Path(path), ARTIFACTS[name](layout))
+        for name, values in (results or {}).items():
+            layout.metrics(name).parent.mkdir(parents=True, exist_ok=True)
+            layout.metrics(name).write_text(json.dumps(values))
+        with task_environment(run_id, git_commit):
+            _call_stage(stage, params_path, layout.root)
+        for name, path in outputs.items():
+            copy_path(ARTIFACTS[name](layout), Path(path))
+        result = RESULTS.get(stage)
+        return json.loads(result(layout).read_text()) if result else {}
+
+
+def gates_pass(params: str, evaluation: Mapping[str, Any], attacks: Mapping[str, Any]) -> bool:
+    """Whether every promotion gate passes (crypson.stages.evaluation.check_gates), printing each.
+
+    The pipeline runs promotion only when this is true (the `dsl.If`); the promote stage checks
+    the same gates again before it moves `champion`, so the two can never disagree silently.
+    """
+    from crypson.stages.evaluation import check_gates
+
+    gates = check_gates(load_params(params), {**evaluation, **attacks})
+    for gate in gates:
+        print(f"gate {gate['metric']}: value {gate['value']:.4g}, {gate['kind']} {gate['threshold']:.4g}: "
+              f"{'pass' if gate['passed'] else 'FAIL'}")
+    return all(gate["passed"] for gate in gates)
+
+
+def numeric_metrics(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Flatten nested results to dotted names; keep finite numbers only (KFP metrics are floats)."""
+    flat: dict[str, float] = {}
+    for key, value in results.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(numeric_metrics(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            flat[name] = float(value)
+    return flat
+
+
+def log_metrics(artifact: MetricsArtifact, results: Mapping[str, Any]) -> dict[str, float]:
+    """Log a stage's numeric results on a KFP Metrics artifact (drawn in the run's UI).
+
+    Returns:
+        What was logged: the component's output for the gate and promotion. A value that could
+        not be measured (null, NaN) is left out; the gates treat a missing value as failing.
+    """
+    values = numeric_metrics(results)
+    for name, value in values.items():
+        artifact.log_metric(name, value)
+    return values
+
+
+def confusion_matrix(predictions_csv: str, prepared: str) -> tuple[list[str], list[list[int]]]:
+    """(categories, counts[actual][predicted]) from the evaluate stage's per-image CSV.
+
+    Categories are all classes of the prepared data in label order, so a class that never
+    occurs still has its row and column (what kfp's ClassificationMetrics expects).
+    """
+    classes = json.loads((Path(prepared) / "classes.json").read_text())
+    index = {name: position for position, name in enumerate(classes)}
+    counts = [[0] * len(classes) for _ in classes]
+    with open(predictions_csv, newline="") as stream:
+        for row in csv.DictReader(stream):
+            try:
+                counts[index[row["actual"]]][index[row["predicted"]]] += 1
+            except KeyError as error:
+                raise ValueError(f"{predictions_csv}: class {error.args[0]!r} is not one of the prepared "
+                                 f"data's classes {''.join(classes)!r}") from None
+    return classes, counts
+
+
+def registration(model: str) -> dict[str, str]:
+    """The MLflow registration a training stage recorded in its model folder (name, version, run)."""
+    return json.loads((Path(model) / "registration.json").read_text())
+
+
+RAW_DATA = "data/raw"  # the DVC-tracked output of the ingest stage (dvc.yaml)
+URL_REMOTE = "crypson-pipeline"  # the name given to a remote passed by URL
+
+
+def fetch_versioned_raw(destination: Path, repo_url: str, rev: str, remote: str = "", remote_url: str = "",
+                        environment: Mapping[str, str] | None = None) -> None:
+    """Copy `data/raw` exactly as DVC versioned it at `rev` of `repo_url`, from the DVC remote.
+
+    Args:
+        destination: folder that becomes the raw data (replaced whole, atomically).
+        repo_url: git URL (or local path) of the project repository.
+        rev: git revision whose dvc.lock names the data; required, so a run is reproducible.
+        remote: DVC remote name in that repository's config ("" = its default remote).
+        remote_url: a remote URL that overrides the configured one (e.g. s3://bucket/dvc). For an
+            s3:// URL the endpoint comes from MLFLOW_S3_ENDPOINT_URL (the cluster's S3 store).
+        environment: where the S3 endpoint and credentials are read from (default os.environ;
+            boto3 reads AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY itself).
+    """
+    from dvc.api import DVCFileSystem
+
+    from crypson.io import atomic_directory
+
+    if not rev:
+        raise ValueError(f"data_rev is required with data_repo_url {repo_url!r}: a commit or tag, "
+                         "so the run trains on a known data version")
+    environment = os.environ if environment is None else environment
+    remote_config: dict[str, str] = {}
+    if remote_url:
+        remote_config["url"] = remote_url
+        if remote_url.startswith("s3://") and environment.get("MLFLOW_S3_ENDPOINT_URL"):
+            remote_config["endpointurl"] = environment["MLFLOW_S3_ENDPOINT_URL"]
+    name = remote or (URL_REMOTE if remote_url else None)
+    fs = DVCFileSystem(repo_url, rev=rev, remote=name, remote_config=remote_config or None)
+    if not fs.isdir(RAW_DATA):
+        raise FileNotFoundError(f"{repo_url} at {rev} has no DVC-tracked {RAW_DATA} (run `dvc repro ingest` "
+                                "and `dvc push` there first)")
+    with atomic_directory(Path(destination)) as staging:
+        for path in fs.find(RAW_DATA):
+            target = staging / Path(path).relative_to(RAW_DATA)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(path, str(target))
+
+
+def ingest(params: str, raw: str, repo_url: str = "", rev: str = "", remote: str = "",
+           remote_url: str = "") -> str:
+    """The ingest component: versioned data from DVC when a repository is given, else the stage.
+
+    Without `repo_url` (a local run) the ingest stage writes the raw files per params, as
+    `crypson stage ingest` does. With it, the files are those of the repository's dvc.lock at
+    `rev`, and they must be a complete `data.split` in EMNIST format (checked, never assumed).
+    Returns:
+        Where the data came from, for the run's logs and the artifact's metadata.
+    """
+    config = load_params(params)
+    if not repo_url:
+        run_stage("ingest", params, {}, {"raw": raw})
+        return f"ingest stage, data.source={config.data.source}"
+    from crypson.data.emnist import load_emnist
+
+    with tempfile.TemporaryDirectory(prefix="crypson-ingest-") as work:
+        staging = Path(work) / "raw"
+        fetch_versioned_raw(staging, repo_url, rev, remote, remote_url)
+        load_emnist(staging, config.data.split)  # fails loudly on a missing file or another split
+        copy_path(staging, Path(raw))
+    return f"dvc: {repo_url}@{rev}:{RAW_DATA}"

@@ -1,0 +1,136 @@
+"""crypson.kfp.runtime: what the Kubeflow components run, tested without a KFP runtime."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crypson.config import parse_config
+from crypson.data.prepare import hash_files
+from crypson.kfp import runtime
+from crypson.stages import Layout, ingest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_params(**sections) -> str:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    preset = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
+    from crypson.config import deep_merge
+
+    return json.dumps(deep_merge(deep_merge(raw, preset), sections))
+
+
+def test_confusion_matrix_counts_every_class_in_label_order(tmp_path):
+    (tmp_path / "classes.json").write_text(json.dumps(["0", "1", "A"]))
+    predictions = tmp_path / "confusion.csv"
+    predictions.write_text("actual,predicted\n0,0\n0,A\n1,1\nA,A\nA,A\n")
+    categories, matrix = runtime.confusion_matrix(str(predictions), str(tmp_path))
+    assert categories == ["0", "1", "A"]
+    assert matrix == [[1, 0, 1], [0, 1, 0], [0, 0, 2]]
+
+
+def test_confusion_matrix_names_an_unknown_class(tmp_path):
+    (tmp_path / "classes.json").write_text(json.dumps(["0", "1"]))
+    predictions = tmp_path / "confusion.csv"
+    predictions.write_text("actual,predicted\n0,Z\n")
+    with pytest.raises(ValueError, match="'Z'"):
+        runtime.confusion_matrix(str(predictions), str(tmp_path))
+
+
+def test_numeric_metrics_flattens_and_drops_what_kfp_cannot_hold():
+    results = {"accuracy": 0.5, "best_epoch": 2, "advantage": {"keyed": {"probe": 0.01, "learned": None}},
+               "psnr": math.nan, "promoted": True, "note": "text"}
+    assert runtime.numeric_metrics(results) == {"accuracy": 0.5, "best_epoch": 2.0,
+                                                "advantage.keyed.probe": 0.01}
+
+
+def test_log_metrics_logs_each_flattened_value():
+    class Recorder:
+        def __init__(self):
+            self.logged = {}
+
+        def log_metric(self, metric, value):
+            self.logged[metric] = value
+
+    recorder = Recorder()
+    returned = runtime.log_metrics(recorder, {"a": 1, "b": {"c": 0.25}, "d": None})
+    assert recorder.logged == returned == {"a": 1.0, "b.c": 0.25}
+
+
+def test_gates_follow_params_thresholds(capsys):
+    evaluation = {"accuracy_real": 0.9, "accuracy_generated": 0.8, "psnr_db": 20.0}
+    strict = tiny_params(promote={"min_accuracy_real": 0.95, "min_accuracy_generated": 0.0, "min_psnr_db": 0.0,
+                                  "max_attacker_advantage": None})
+    assert runtime.gates_pass(tiny_params(), evaluation, {}) is True
+    assert runtime.gates_pass(strict, evaluation, {}) is False
+    assert "gate accuracy_real: value 0.9, min 0.95: FAIL" in capsys.readouterr().out
+    # An advantage that could not be measured (null in attacks.json) fails its gate.
+    guarded = tiny_params(promote={"max_attacker_advantage": 0.02})
+    assert runtime.gates_pass(guarded, evaluation, {"default_scheme_max_advantage_ci_low": None}) is False
+    assert runtime.gates_pass(guarded, evaluation, {}) is False
+    assert runtime.gates_pass(guarded, evaluation, {"default_scheme_max_advantage_ci_low": 0.01}) is True
+
+
+@pytest.mark.parametrize("uri, artifact_dir, environment, error", [
+    ("sqlite:///mlflow.db", "/abs/mlartifacts", {}, "tracking_uri 'sqlite:///mlflow.db' is relative"),
+    ("sqlite:////abs/mlflow.db", "mlartifacts", {}, "artifact_dir 'mlartifacts' is relative"),
+    ("sqlite:////abs/mlflow.db", "/abs/mlartifacts", {}, None),
+    ("sqlite:///mlflow.db", "mlartifacts", {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}, None),
+])
+def test_check_tracking_refuses_relative_embedded_stores(uri, artifact_dir, environment, error):
+    config = parse_config({"tracking": {"tracking_uri": uri, "artifact_dir": artifact_dir}})
+    if error is None:
+        runtime.check_tracking(config, environment)
+    else:
+        with pytest.raises(ValueError, match=error):
+            runtime.check_tracking(config, environment)
+
+
+def test_task_environment_sets_then_restores(monkeypatch):
+    monkeypatch.setenv("KFP_RUN_ID", "before")
+    monkeypatch.delenv("CRYPSON_EXECUTION_ID", raising=False)
+    monkeypatch.delenv("CRYPSON_GIT_COMMIT", raising=False)
+    with runtime.task_environment("run-123", ""):
+        assert os.environ["KFP_RUN_ID"] == os.environ["CRYPSON_EXECUTION_ID"] == "run-123"
+        assert "CRYPSON_GIT_COMMIT" not in os.environ  # empty: the CLI asks git
+    assert os.environ["KFP_RUN_ID"] == "before"
+    assert "CRYPSON_EXECUTION_ID" not in os.environ
+
+
+def test_run_stage_refuses_unknown_names():
+    with pytest.raises(ValueError, match="unknown stage 'train'"):
+        runtime.run_stage("train", tiny_params(), {}, {})
+    with pytest.raises(ValueError, match=r"unknown artifact names \['model'\]"):
+        runtime.run_stage("prepare", tiny_params(), {"model": "/x"}, {})
+
+
+def test_components_write_what_the_dvc_layout_holds(tmp_path):
+    """ingest and prepare through artifacts give the same bytes as the stages on a Layout."""
+    params = tiny_params()
+    raw, prepared = tmp_path / "artifacts" / "raw", tmp_path / "artifacts" / "prepared"
+    assert runtime.ingest(params, str(raw)) == "ingest stage, data.source=glyphs"
+    runtime.run_stage("prepare", params, {"raw": str(raw)}, {"prepared": str(prepared)})
+    layout = Layout(tmp_path / "dvc")
+    ingest(runtime.load_params(params), layout)
+    names = sorted(p.name for p in layout.raw.iterdir())
+    assert names == sorted(p.name for p in raw.iterdir())
+    assert all((layout.raw / n).read_bytes() == (raw / n).read_bytes() for n in names)
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    assert manifest["data_version"] == hash_files(list(layout.raw.iterdir()))
+    assert manifest["counts"]["test"] == 47 * 8
+
+
+def test_local_run_makes_embedded_store_paths_absolute(tmp_path):
+    from crypson.kfp.local import local_tracking_overrides
+
+    relative = parse_config({"tracking": {"tracking_uri": "sqlite:///runs/mlflow.db", "artifact_dir": "mlartifacts"}})
+    assert local_tracking_overrides(relative, tmp_path) == {"tracking": {
+        "tracking_uri": f"sqlite:///{tmp_path.resolve()}/runs/mlflow.db",
+        "artifact_dir": str(tmp_path.resolve() / "mlartifacts")}}
+    server = parse_config({"tracking": {"tracking_uri": "http://mlflow:5000", "artifact_dir": "/srv/artifacts"}})
+    assert local_tracking_overrides(server, tmp_path)["tracking"] == {"tracking_uri": "http://mlflow:5000",
+                                                                      "artifact_dir": "/srv/artifacts"}

@@ -1,0 +1,202 @@
+"""The committed Kubeflow spec: in sync with the code, valid protobuf to the last field, and placed.
+
+Parsed strictly through the protobuf messages KFP's backend uses (ignore_unknown_fields=False),
+so a misspelled field in the deployment config or in a Kubernetes executor config fails here
+rather than on the cluster.
+"""
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("kfp")
+
+from google.protobuf import json_format  # noqa: E402
+from kfp.kubernetes import kubernetes_executor_config_pb2  # noqa: E402
+from kfp.pipeline_spec import pipeline_spec_pb2  # noqa: E402
+
+from crypson.kfp.project import SPEC_PATH, compile_spec, load_pipeline_module  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+PIPELINE = load_pipeline_module(REPO)
+TRAINING = ("train-cgan", "train-vae", "train-classifier")
+TRACKED = (*TRAINING, "evaluate", "attack", "promote")  # log to MLflow
+DATA = ("ingest", "prepare", "validate")
+
+
+def strict(document: dict, message):
+    return json_format.ParseDict(document, message, ignore_unknown_fields=False)
+
+
+def parse(text: str) -> tuple[pipeline_spec_pb2.PipelineSpec, pipeline_spec_pb2.PipelineDeploymentConfig,
+                              dict[str, kubernetes_executor_config_pb2.KubernetesExecutorConfig]]:
+    """(pipeline spec, deployment config, Kubernetes config by executor label), all strictly parsed."""
+    pipeline_document, platform_document = yaml.safe_load_all(text)
+    spec = strict(pipeline_document, pipeline_spec_pb2.PipelineSpec())
+    deployment = strict(pipeline_document["deploymentSpec"], pipeline_spec_pb2.PipelineDeploymentConfig())
+    strict(platform_document, pipeline_spec_pb2.PlatformSpec())
+    executors = platform_document["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    kubernetes = {label: strict(config, kubernetes_executor_config_pb2.KubernetesExecutorConfig())
+                  for label, config in executors.items()}
+    return spec, deployment, kubernetes
+
+
+@pytest.fixture(scope="module")
+def committed() -> str:
+    return (REPO / SPEC_PATH).read_text()
+
+
+@pytest.fixture(scope="module")
+def parsed(committed):
+    return parse(committed)
+
+
+def all_tasks(spec: pipeline_spec_pb2.PipelineSpec) -> dict[str, pipeline_spec_pb2.PipelineTaskSpec]:
+    """Every task of the root DAG and of the sub-DAGs (the dsl.If branch), by name."""
+    found = dict(spec.root.dag.tasks)
+    for component in spec.components.values():
+        if component.HasField("dag"):
+            found.update(component.dag.tasks)
+    return found
+
+
+def executor_of(spec: pipeline_spec_pb2.PipelineSpec, task: str) -> str:
+    return spec.components[all_tasks(spec)[task].component_ref.name].executor_label
+
+
+def test_committed_spec_is_what_the_code_compiles(committed):
+    fresh = compile_spec(REPO, REPO / "params.yaml", PIPELINE.DEFAULT_IMAGE)
+    assert fresh == committed, "pipelines/crypson_pipeline.yaml is out of date: run `crypson pipeline compile`"
+
+
+def test_strict_parse_rejects_a_misspelled_field(committed):
+    pipeline_document, platform_document = yaml.safe_load_all(committed)
+    deployment = copy.deepcopy(pipeline_document["deploymentSpec"])
+    container = deployment["executors"]["exec-train-vae"]["container"]
+    container["resources"]["acelerator"] = container["resources"].pop("accelerator")
+    with pytest.raises(json_format.ParseError, match="acelerator"):
+        strict(deployment, pipeline_spec_pb2.PipelineDeploymentConfig())
+    executors = platform_document["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    config = copy.deepcopy(executors["exec-train-vae"])
+    config["toleration"] = config.pop("tolerations")
+    with pytest.raises(json_format.ParseError, match="toleration"):
+        strict(config, kubernetes_executor_config_pb2.KubernetesExecutorConfig())
+
+
+def test_every_task_runs_the_project_image(parsed):
+    spec, deployment, _ = parsed
+    labels = {executor_of(spec, task) for task in all_tasks(spec) if not task.startswith("condition")}
+    assert labels == set(deployment.executors)
+    assert {deployment.executors[label].container.image for label in labels} == {PIPELINE.DEFAULT_IMAGE}
+
+
+def test_training_tasks_run_on_one_gpu_of_the_gpu_pool(parsed):
+    spec, deployment, kubernetes = parsed
+    key, value = PIPELINE.GPU_NODE_LABEL
+    for task in TRAINING:
+        label = executor_of(spec, task)
+        resources = deployment.executors[label].container.resources
+        assert resources.accelerator.resource_type == "nvidia.com/gpu", task
+        assert resources.accelerator.resource_count == "1", task
+        assert (resources.resource_cpu_request, resources.resource_memory_request) == ("4", "16Gi"), task
+        config = kubernetes[label]
+        assert dict(config.node_selector.labels) == {key: value}, task
+        assert [(t.key, t.operator, t.value, t.effect) for t in config.tolerations] == [
+            ("nvidia.com/gpu", "Equal", "present", "NoSchedule")], task
+    for task in set(all_tasks(spec)) - set(TRAINING) - {"condition-1"}:
+        label = executor_of(spec, task)
+        assert not deployment.executors[label].container.resources.accelerator.resource_type, task
+        assert not kubernetes.get(label, kubernetes_executor_config_pb2.KubernetesExecutorConfig()).tolerations, task
+
+
+def test_mlflow_and_s3_settings_come_from_the_secret_only(parsed):
+    spec, deployment, kubernetes = parsed
+    secret_keys = set(PIPELINE.MLFLOW_SECRET_KEYS)
+    assert secret_keys == {"MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                           "AWS_SECRET_ACCESS_KEY"}
+    for task in (*TRACKED, "ingest"):  # ingest: S3 credentials for the DVC remote
+        (secret,) = kubernetes[executor_of(spec, task)].secret_as_env
+        assert secret.secret_name == "crypson-mlflow", task
+        assert {(k.secret_key, k.env_var) for k in secret.key_to_env} == {(k, k) for k in secret_keys}, task
+    for label, executor in deployment.executors.items():
+        assert not {env.name for env in executor.container.env} & secret_keys, label
+
+
+def test_no_credential_in_the_spec(committed, monkeypatch):
+    assert not re.search(r"AKIA[0-9A-Z]{16}", committed)  # an AWS access key id
+    assert not re.search(r"://[^/\s:@'\"]+:[^/\s@'\"]+@", committed)  # user:password@ in a URL
+    assert not re.search(r"minioadmin|minio123", committed, re.IGNORECASE)  # MinIO's well-known defaults
+    # Compiling never reads credentials from the environment into the spec.
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "canary-secret-4f2a")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://canary-user:canary-pass@mlflow:5000")
+    compiled = compile_spec(REPO, REPO / "params.yaml", PIPELINE.DEFAULT_IMAGE)
+    assert "canary" not in compiled
+
+
+def test_caching_on_for_data_steps_off_for_mlflow_steps(parsed):
+    spec, _, _ = parsed
+    tasks = all_tasks(spec)
+    assert all(tasks[task].caching_options.enable_cache for task in DATA)
+    assert not any(tasks[task].caching_options.enable_cache for task in TRACKED)
+
+
+def test_wiring_parallel_training_and_gated_promotion(parsed):
+    spec, _, _ = parsed
+    tasks = all_tasks(spec)
+    assert set(tasks["train-cgan"].dependent_tasks) == set(tasks["train-vae"].dependent_tasks) == {
+        "prepare", "validate"}
+    assert {"train-cgan", "train-vae"} <= set(tasks["train-classifier"].dependent_tasks)
+    assert "promote" not in spec.root.dag.tasks  # only inside the dsl.If branch
+    condition = tasks["condition-1"].trigger_policy.condition
+    assert condition == "inputs.parameter_values['pipelinechannel--gate-Output'] == true"
+    # The MLflow steps get the KFP run id, so MLflow runs carry the `kfp_run_id` tag.
+    for task in TRACKED:
+        run_id = tasks[task].inputs.parameters["run_id"].runtime_value.constant.string_value
+        assert run_id == "{{$.pipeline_job_uuid}}", task
+
+
+def test_params_default_is_params_yaml(parsed):
+    spec, _, _ = parsed
+    default = spec.root.input_definitions.parameters["params"].default_value.string_value
+    assert "\n" not in default  # kfp copies it into the spec's header comment
+    assert json.loads(default) == yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_compile_check_tells_a_stale_spec_from_a_current_one(tmp_path):
+    from typer.testing import CliRunner
+
+    from crypson.kfp.cli import app
+
+    current = CliRunner().invoke(app, ["compile", "--repo", str(REPO), "--check", "--image", PIPELINE.DEFAULT_IMAGE])
+    assert current.exit_code == 0, current.output
+    stale = tmp_path / "stale.yaml"
+    stale.write_text((REPO / SPEC_PATH).read_text().replace("gpu-pool", "cpu-pool"))
+    result = CliRunner().invoke(app, ["compile", "--repo", str(REPO), "--check", "--output", str(stale)])
+    assert result.exit_code == 1 and "out of date" in result.output
+
+
+def test_params_argument_merges_presets_and_names_a_bad_key(tmp_path):
+    from crypson.config import ConfigError
+    from crypson.kfp.project import params_text
+
+    merged = json.loads(params_text(REPO / "params.yaml", [REPO / "presets" / "tiny.yaml"],
+                                    {"vae": {"epochs": 3}}))
+    assert merged["vae"]["epochs"] == 3 and merged["vae"]["channels"] == [8, 8, 16, 16]
+    assert merged["cgan"]["lr"] == yaml.safe_load((REPO / "params.yaml").read_text())["cgan"]["lr"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("vae:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match="unknown key 'vae.epoch'"):
+        params_text(REPO / "params.yaml", [bad])
+
+
+def test_run_without_local_points_to_submit():
+    from typer.testing import CliRunner
+
+    from crypson.kfp.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--repo", str(REPO)])
+    assert result.exit_code == 2 and "crypson pipeline submit" in result.output
