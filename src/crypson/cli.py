@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 import yaml
 
+from crypson import stack as stack_cli
 from crypson import tracking
 from crypson.cipher import cli as cipher_cli
 from crypson.config import Config, ConfigError, deep_merge, load_config, parse_config
@@ -24,6 +25,7 @@ stage_app = typer.Typer(help="Run one pipeline stage (what dvc.yaml calls).", no
 app.add_typer(stage_app, name="stage")
 app.add_typer(pipeline_app, name="pipeline")
 cipher_cli.register(app)
+app.add_typer(stack_cli.app, name="stack")
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params file")]
 RootOption = Annotated[Path, typer.Option("--root", help="folder the stage outputs live under")]
@@ -108,7 +110,8 @@ def _run(stage: str, params: Path, root: Path, quiet: bool = False) -> None:
             getattr(stages, stage)(config, layout, context, progress=not quiet)
             return
         getattr(stages, stage)(config, layout, _tracking_context(config, params, root))
-    except (ConfigError, FileNotFoundError, stages.DataValidationError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, stages.DataValidationError, ValueError,
+            tracking.TrackingUnavailableError) as error:
         typer.echo(f"crypson {stage}: error: {error}", err=True)
         raise typer.Exit(code=2) from None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,18 @@ log = logging.getLogger(__name__)
 CANDIDATE, CHAMPION = "candidate", "champion"
 MODEL_NAMES = {"cgan": "crypson-cgan", "vae": "crypson-vae", "classifier": "crypson-classifier"}
 EXECUTION_TAG = "crypson.execution"
+# A stopped tracking server must fail a stage in seconds: MLflow's defaults (7 retries, backoff
+# factor 2, 120 s timeout) wait for minutes. Used unless the environment sets its own values.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "AWS_MAX_ATTEMPTS": "3"}
+
+
+class TrackingConfigError(ValueError):
+    """The tracking settings would send data somewhere nobody chose (e.g. to AWS by default)."""
+
+
+class TrackingUnavailableError(ConnectionError):
+    """The tracking server or the artifact store did not answer after the bounded retries."""
 
 
 @dataclass(frozen=True)
@@ -47,13 +59,54 @@ def configure(tracking_uri: str, experiment: str, artifact_dir: Path | None = No
             server decides its own artifact root, so this is ignored for http(s) URIs.
     """
     mlflow.set_tracking_uri(tracking_uri)
+    remote = tracking_uri.startswith(("http://", "https://"))
+    if remote:
+        bound_http_retries()
+        _check_server(tracking_uri)
     found = mlflow.get_experiment_by_name(experiment)
-    if found is not None:
-        return found.experiment_id
-    location = None
-    if artifact_dir is not None and not tracking_uri.startswith(("http://", "https://", "databricks")):
-        location = Path(artifact_dir).resolve().as_uri()
-    return mlflow.create_experiment(experiment, artifact_location=location)
+    if found is None:
+        location = None
+        if artifact_dir is not None and not remote and not tracking_uri.startswith("databricks"):
+            location = Path(artifact_dir).resolve().as_uri()
+        found = mlflow.get_experiment(mlflow.create_experiment(experiment, artifact_location=location))
+    check_artifact_store(found.artifact_location, os.environ)
+    return found.experiment_id
+
+
+def bound_http_retries() -> None:
+    """Bounded retries and timeouts for MLflow's HTTP client and boto3 (environment wins)."""
+    for key, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def _check_server(tracking_uri: str) -> None:
+    """Fail now, with the URI in the message, if the tracking server does not answer."""
+    from mlflow.utils.rest_utils import MlflowHostCreds, http_request
+
+    try:
+        response = http_request(MlflowHostCreds(tracking_uri), "/health", "GET")
+        ok = response.status_code == 200
+        detail = f"HTTP {response.status_code}"
+    except Exception as error:  # requests' and urllib3's connection errors, after the retries
+        ok, detail = False, f"{type(error).__name__}: {error}"
+    if not ok:
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {tracking_uri} is unavailable after "
+            f"{os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES']} retries ({detail}); start it "
+            "(`crypson stack up`) or unset MLFLOW_TRACKING_URI for the embedded store")
+
+
+def check_artifact_store(artifact_location: str | None, environ: Mapping[str, str]) -> None:
+    """An s3:// artifact root needs an explicit endpoint (MLFLOW_S3_ENDPOINT_URL).
+
+    Without one, boto3 silently sends the artifacts (and the credentials' signatures) to AWS,
+    the one place a local or on-premises store is not. For AWS itself, name its endpoint.
+    """
+    if (artifact_location or "").startswith("s3://") and not environ.get("MLFLOW_S3_ENDPOINT_URL"):
+        raise TrackingConfigError(
+            f"artifact root {artifact_location} is on S3 but MLFLOW_S3_ENDPOINT_URL is not set: refusing to "
+            "upload to AWS by default; set it to your store (`crypson stack env`), or to "
+            "https://s3.<region>.amazonaws.com to use AWS deliberately")
 
 
 def execution_run(experiment_id: str, key: str, name: str, tags: dict[str, str]) -> str:
@@ -84,8 +137,18 @@ def stage_run(context: TrackingContext, stage: str, resume_run_id: str | None = 
             experiment_id=context.experiment_id, run_name=stage, parent_run_id=context.parent_run_id,
             tags={**context.tags, "crypson.stage": stage},
         )
-    with run:
-        yield run.info.run_id
+    try:
+        with run:
+            yield run.info.run_id
+    except TrackingUnavailableError:
+        raise
+    except Exception as error:
+        if not _is_connection_error(error):
+            raise
+        raise TrackingUnavailableError(
+            f"stage {stage}: the tracking server ({mlflow.get_tracking_uri()}) or the artifact store stopped "
+            f"answering after the bounded retries ({type(error).__name__}: {error}); nothing more was "
+            "registered: restart it (`crypson stack up`) and re-run") from error
 
 
 def log_params(params: dict[str, Any]) -> None:
@@ -129,6 +192,12 @@ def log_model_verified(
     try:
         info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
                                         pip_requirements=pip_requirements())
+    except Exception as error:
+        if not _is_connection_error(error):
+            raise
+        raise TrackingUnavailableError(
+            f"uploading model {name!r} to the artifact store {mlflow.get_artifact_uri()} failed ({error}); "
+            "nothing was registered: start the store (`crypson stack up`) and re-run the stage") from error
     finally:
         pytorch_log.setLevel(level)
     loaded = mlflow.pytorch.load_model(info.model_uri, map_location="cpu").eval()
@@ -137,6 +206,22 @@ def log_model_verified(
     if not torch.allclose(expected, actual, atol=1e-6):
         raise RuntimeError(f"model {name!r} loaded back from MLflow computes different outputs; not registering it")
     return info.model_uri
+
+
+def _is_connection_error(error: BaseException) -> bool:
+    """Whether `error` (or what caused it) is a store that could not be reached."""
+    import botocore.exceptions
+    import requests
+
+    kinds = (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError,
+             requests.exceptions.ConnectionError, ConnectionError)
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kinds):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def pip_requirements() -> list[str]:
@@ -161,10 +246,7 @@ def register_version(model_uri: str, registered_name: str, tags: dict[str, str],
         Whatever MLflow raised; a version created before the failure is deleted first.
     """
     client = MlflowClient()
-    try:
-        client.get_registered_model(registered_name)
-    except mlflow.exceptions.MlflowException:
-        client.create_registered_model(registered_name, description=description)
+    _ensure_registered_model(client, registered_name, description)
     version = mlflow.register_model(model_uri, registered_name, tags=tags)
     try:
         client.update_model_version(registered_name, version.version, description=description)
@@ -173,6 +255,23 @@ def register_version(model_uri: str, registered_name: str, tags: dict[str, str],
         client.delete_model_version(registered_name, version.version)
         raise
     return str(version.version)
+
+
+def _ensure_registered_model(client: MlflowClient, name: str, description: str) -> None:
+    """Create the registered model once; another process creating it at the same time is fine."""
+    try:
+        found = client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        found = None
+    if found is not None:
+        if not found.description:  # created by an older version of this code, or by hand
+            client.update_registered_model(name, description=description)
+        return
+    try:
+        client.create_registered_model(name, description=description)
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
 
 
 def alias_versions(names: list[str], alias: str = CHAMPION) -> dict[str, str | None]:

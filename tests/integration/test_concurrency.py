@@ -1,0 +1,70 @@
+"""Concurrent registration: real processes against the stack's server, no mocks.
+
+Each process does what a pipeline's train + promote stages do for one model: log a model, load it
+back, register a version as `candidate`, then move `champion` only if its gate passed. They wait
+on a shared start signal so that the registrations overlap.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import mlflow
+import pytest
+
+from crypson import stack
+from tests.integration.helpers import REPO
+
+pytestmark = pytest.mark.integration
+MODEL = "crypson-concurrency-probe"
+
+WORKER = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    import mlflow, torch
+    from crypson import tracking
+
+    go, passed, out = Path(sys.argv[1]), sys.argv[2] == "pass", Path(sys.argv[3])
+    experiment = tracking.configure(sys.argv[4], "crypson-concurrency")
+    model = torch.nn.Linear(3, 2)
+    out.with_suffix(".ready").touch()
+    while not go.exists():
+        time.sleep(0.05)
+    with mlflow.start_run(experiment_id=experiment):
+        uri = tracking.log_model_verified(model, "probe", (torch.ones(1, 3),), lambda m, p: m(*p))
+        version = tracking.register_version(uri, sys.argv[5], {"gate": "pass" if passed else "fail"},
+                                            "Concurrency probe: a 3->2 linear layer.")
+    if passed:
+        tracking.set_champion({sys.argv[5]: version})
+    out.write_text(json.dumps({"version": version, "passed": passed}))
+""")
+
+
+def test_concurrent_registrations_get_distinct_versions_and_a_gated_champion(services, tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    go = tmp_path / "go"
+    gates = ["pass", "fail", "pass", "fail"]
+    outputs = [tmp_path / f"worker-{i}.json" for i in range(len(gates))]
+    workers = [subprocess.Popen([sys.executable, str(script), str(go), gate, str(out), services.tracking_uri, MODEL],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for gate, out in zip(gates, outputs)]
+    deadline = time.monotonic() + 240  # every worker has imported torch and MLflow: start them together
+    while not all(out.with_suffix(".ready").exists() for out in outputs):
+        assert time.monotonic() < deadline and all(w.poll() is None for w in workers), "a worker did not get ready"
+        time.sleep(0.1)
+    go.touch()
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=240)
+        assert worker.returncode == 0, stderr[-3000:]
+    results = [json.loads(out.read_text()) for out in outputs]
+    versions = [r["version"] for r in results]
+    assert sorted(versions, key=int) == [str(v) for v in range(1, len(gates) + 1)]  # distinct, none lost
+    client = mlflow.MlflowClient(services.tracking_uri)
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert champion.tags["gate"] == "pass"
+    assert champion.version in {r["version"] for r in results if r["passed"]}
+    for version in versions:
+        assert mlflow.models.get_model_info(f"models:/{MODEL}/{version}").flavors  # artifacts in the bucket
