@@ -8,7 +8,7 @@ arguments from them and never reads files or environment variables for its setti
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -91,6 +91,9 @@ class ClassifierConfig(_TrainConfig):
 class EvaluateConfig(_Section):
     generated_per_class: int = Field(50, ge=1, le=10_000)
     batch_size: int = Field(512, ge=1)
+    reference_epochs: int = Field(3, ge=1, le=1000)  # the independent judge CNN (class consistency, Frechet distance)
+    grid_per_class: int = Field(8, ge=1, le=64)  # cGAN images per class in the report's sample grid
+    tsne_points: int = Field(800, ge=10, le=100_000)  # latents in the t-SNE plot (a seeded subsample)
 
 
 class AttackConfig(_Section):
@@ -100,6 +103,9 @@ class AttackConfig(_Section):
     restarts: int = Field(3, ge=1, le=100)  # fresh initialisations of each learned attacker; the best counts
     epochs: int = Field(20, ge=1, le=10_000)  # training epochs of each learned attacker
     timestep_grid: int = Field(256, ge=1, le=1 << 20)  # candidate timesteps the timestep search tries
+    # channel-noise standard deviations (latent units) for the receiver's accuracy curve
+    noise_levels: tuple[Annotated[float, Field(ge=0, le=100)], ...] = Field((0.0, 0.1, 0.25, 0.5, 1.0),
+                                                                            min_length=1)
 
 
 class PromoteConfig(_Section):

@@ -74,6 +74,26 @@ def test_dvc_metrics_and_versioned_data(pipeline):
     assert "## keyed-modular" in (repo / "reports" / "attacks.md").read_text()
 
 
+def test_security_and_quality_report_metrics_and_figures(pipeline):
+    repo, _ = pipeline
+    evaluation = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    assert 0 <= evaluation["class_consistency_ci_low"] <= evaluation["class_consistency"] <= 1
+    assert evaluation["frechet_distance"] >= 0 and evaluation["frechet_distance_real_vs_real"] >= 0
+    attacks = json.loads((repo / "metrics" / "attacks.json").read_text())
+    schemes = {"report", "keyed-timestep", "keyed-gaussian", "keyed-modular"}
+    assert set(attacks["cer"]) == schemes and 0 <= attacks["default_scheme_cer"] <= 1
+    assert set(attacks["channel_noise_accuracy"]["keyed-modular"]) == {"0", "0.5"}  # the tiny preset's levels
+    assert attacks["inversion_psnr_db"]["report"]["known-model"] > 60  # the public mask comes off exactly
+    assert set(attacks["nonce_reuse_advantage"]) == schemes
+    report = (repo / "reports" / "security_quality.md").read_text()
+    for section in ("## Quality", "## End to end", "## Channel noise", "### Image inversion", "### Nonce reuse"):
+        assert section in report, section
+    for figure in ("samples_per_class", "reconstructions", "latent_pca", "latent_tsne", "channel_noise"):
+        assert (repo / "reports" / "figures" / f"{figure}.png").read_bytes().startswith(b"\x89PNG"), figure
+        assert f"figures/{figure}.png" in report
+    assert (repo / "plots" / "channel_noise.csv").read_text().startswith("noise_std,report,keyed-timestep")
+
+
 def test_second_repro_does_nothing(pipeline):
     repo, _ = pipeline
     again = run(["dvc", "repro"], repo)

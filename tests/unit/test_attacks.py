@@ -2,6 +2,7 @@
 and a fixed nearest-centroid receiver (accuracy ~1). The report scheme must come out broken, keyed-modular
 at chance, and the statistics must match hand-computed values."""
 
+import inspect
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from crypson.cipher.codec import encrypt
 from crypson.cipher.masks import UINT16_MODULUS, get_scheme
 from crypson.evaluate.attacks import (
     AttackResult,
@@ -22,6 +24,18 @@ from crypson.evaluate.attacks import (
     timestep_search_attack,
     wilson_interval,
 )
+from crypson.evaluate.inversion import (
+    PSNR_CAP_DB,
+    NonceReuseResult,
+    image_inversion_suite,
+    latent_difference,
+    learned_latent_inversion,
+    mean_interval,
+    nonce_reuse_attack,
+    nonce_reuse_suite,
+    score_images,
+)
+from crypson.evaluate.report import EndToEnd, attacks_markdown, security_quality_markdown
 
 NUM_CLASSES, DIM = 4, 8
 CHANCE = 1.0 / NUM_CLASSES
@@ -169,3 +183,103 @@ def test_suite_report_broken_and_keyed_modular_at_chance(data):
     with pytest.raises(ValueError, match="differ in length"):
         run_attack_suite(["report"], train_latents, train_labels[:10], test_latents, test_labels, receiver,
                          receiver_accuracy, NUM_CLASSES, quick=True)
+
+
+# --- image inversion, nonce reuse, the report ---------------------------------------------------------
+
+
+def _fixed_decoder() -> nn.Module:
+    """A public 'decoder' with fixed random weights: (N, 8) latents -> (N, 1, 32, 32) images in (0, 1)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(DIM, 32 * 32), nn.Sigmoid(), nn.Unflatten(1, (1, 32, 32))).eval()
+
+
+def test_mean_interval_and_image_scores_hand_computed():
+    mean, low, high = mean_interval(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    half_width = 1.96 * math.sqrt(5 / 3) / 2  # sample sd sqrt(5/3), n = 4
+    assert (mean, low, high) == pytest.approx((2.5, 2.5 - half_width, 2.5 + half_width))
+    images = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    exact = score_images("a", "s", images, images)
+    assert exact.psnr_db == PSNR_CAP_DB and exact.ssim == pytest.approx(1.0, abs=1e-5) and exact.samples == 4
+    shifted = score_images("a", "s", (images + 0.1).clamp(0, 1), images)
+    assert shifted.psnr_db < 20.5 and shifted.psnr_ci[0] <= shifted.psnr_db <= shifted.psnr_ci[1]
+
+
+def test_learned_latent_inversion_recovers_an_identity_cipher_and_not_noise(data):
+    (train_latents, _), (test_latents, _), _, _ = data
+    positions = torch.zeros(len(train_latents), dtype=torch.int64)
+    predicted = learned_latent_inversion(train_latents, positions, train_latents, test_latents, positions,
+                                         restarts=1, epochs=10)
+    variance = float(test_latents.var(0).mean())  # the error of always guessing the mean latent
+    assert float(((predicted - test_latents) ** 2).mean()) < 0.1 * variance
+    noise = torch.rand(len(train_latents), DIM, generator=torch.Generator().manual_seed(1))
+    blind = learned_latent_inversion(noise, positions, train_latents, noise.flip(0), positions, restarts=1, epochs=10)
+    assert float(((blind - test_latents) ** 2).mean()) > 0.95 * variance
+
+
+def test_image_inversion_suite_report_exact_keyed_modular_no_better_than_the_mean_image(data):
+    (train_latents, _), (test_latents, _), _, _ = data
+    results = image_inversion_suite(["report", "keyed-modular"], train_latents[:1000], test_latents[:500],
+                                    _fixed_decoder(), restarts=1, epochs=5)
+    by_key = {(r.scheme, r.attacker): r for r in results}
+    assert set(by_key) == {("keyless", "mean-image")} | {(s, a) for s in ("report", "keyed-modular")
+                                                  for a in ("known-model", "learned-inversion")}
+    baseline = by_key[("keyless", "mean-image")]
+    assert by_key[("report", "known-model")].psnr_db > 60  # exact up to float32 rounding
+    assert by_key[("report", "learned-inversion")].psnr_db > baseline.psnr_db + 3
+    for attacker in ("known-model", "learned-inversion"):
+        assert by_key[("keyed-modular", attacker)].psnr_db <= baseline.psnr_ci[1] + 0.2
+
+
+def test_latent_difference_reads_modular_words_as_signed():
+    scheme = get_scheme("keyed-modular", latent_dim=1)
+    first, second = torch.tensor([[65535 / UINT16_MODULUS]]), torch.tensor([[1 / UINT16_MODULUS]])
+    step = 2 * scheme.range / scheme.levels
+    assert latent_difference(scheme, first, second).item() == pytest.approx(2 * step)  # wraps forward by 2
+    assert latent_difference(scheme, second, first).item() == pytest.approx(-2 * step)
+    report = get_scheme("report", latent_dim=2)
+    assert latent_difference(report, torch.tensor([[1.5, 0.0]]), torch.tensor([[0.25, 1.0]])).tolist() == [[-1.25, 1.0]]
+
+
+def test_nonce_reuse_breaks_keyed_schemes_and_fresh_nonces_do_not(data):
+    (train_latents, train_labels), (test_latents, test_labels), receiver, receiver_accuracy = data
+    results = nonce_reuse_suite(["keyed-gaussian", "keyed-modular"], train_latents, train_labels, test_latents,
+                                test_labels, receiver, receiver_accuracy, NUM_CLASSES, seed=0)
+    for result in results:
+        assert result.masks_identical, result
+        assert result.reused.attacker == "nonce-reuse" and result.reused.advantage >= 0.9, result.reused
+        assert result.fresh.advantage < result.reused.advantage - 0.5, result.fresh
+    # keyed-modular with fresh nonces is a one-time pad: at chance. (keyed-gaussian is not: with classes this
+    # far apart next to sigma its ciphertexts leak the class even without reuse, as its bound says.)
+    modular = results[1].fresh
+    assert modular.ci_low <= CHANCE <= modular.ci_high and modular.advantage <= 0.1, modular
+    first, second = test_latents[:32], test_latents[32:64]
+    _, identical = nonce_reuse_attack(get_scheme("keyed-modular"), first, test_labels[:32], second,
+                                      CENTROIDS, receiver, 16, seed=0, reuse=False)
+    assert identical is False
+    with pytest.raises(ValueError, match="equal lengths"):
+        nonce_reuse_attack(get_scheme("keyed-modular"), first, test_labels[:32], second[:8], CENTROIDS, receiver,
+                           16, seed=0)
+
+
+def test_the_cipher_api_takes_no_nonce_from_its_caller():
+    assert "nonce" not in inspect.signature(encrypt).parameters
+    assert [name for name in inspect.signature(encrypt).parameters] == ["models", "texts", "key", "scheme",
+                                                                         "replace"]
+
+
+def test_security_quality_report_shows_the_numbers(data):
+    result = AttackResult("keyed-modular", "linear-probe", 0.26, 0.24, 0.28, CHANCE, 0.9, 0.015, 2000, "n")
+    reuse = NonceReuseResult(AttackResult("keyed-modular", "nonce-reuse", 0.8, 0.78, 0.82, CHANCE, 0.9, 0.85, 1000),
+                             AttackResult("keyed-modular", "nonce-fresh", 0.25, 0.23, 0.27, CHANCE, 0.9, 0.0, 1000),
+                             True)
+    image = score_images("learned-inversion", "keyed-modular", torch.full((4, 1, 32, 32), 0.5),
+                         torch.full((4, 1, 32, 32), 0.6))
+    markdown = security_quality_markdown(
+        "keyed-modular", {"class_consistency": 0.4321, "frechet_distance": 12.345}, [result], [image], [reuse],
+        [0.0, 0.5], {"keyed-modular": [0.9, 0.777]}, [EndToEnd("keyed-modular", 0.0625, 16, [("AB", "AB")])],
+        api_takes_nonce=False)
+    for expected in ("0.432", "12.35", "| linear-probe | 0.260 (0.240-0.280)", "0.777", "0.062", "| yes | 0.800",
+                     "20.00", "take no nonce", "## Quality", "### Nonce reuse", "(configured)"):
+        assert expected in markdown, expected
+    assert "## keyed-modular" in attacks_markdown([result], "keyed-modular")

@@ -12,7 +12,8 @@ Headline figure: advantage = (attacker accuracy - chance) / (receiver accuracy -
 | learned-inversion | MLP from (ciphertext, position), best of fresh restarts (Abadi & Andersen 2016) |
 | known-plaintext   | the learned inversion trained on pairs under the SAME key, fresh nonces       |
 
-Not here: an image-predicting inversion (PSNR/SSIM against the receiver's) and the nonce-reuse check.
+The image-predicting inversion (PSNR/SSIM against the receiver's image) and nonce reuse are in
+`crypson.evaluate.inversion`; channel noise and the end-to-end error rate in `crypson.evaluate.channel`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from crypson.cipher.masks import (
 )
 
 # Big-endian payload number formats, one per scheme (masks.py module docstring).
-_PAYLOAD_DTYPES = {"report": ">f4", "keyed-timestep": ">f4", "keyed-gaussian": ">f2", "keyed-modular": ">u2"}
+PAYLOAD_DTYPES = {"report": ">f4", "keyed-timestep": ">f4", "keyed-gaussian": ">f2", "keyed-modular": ">u2"}
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,12 @@ def payload_features(scheme: MaskScheme, payload: bytes, count: int) -> torch.Te
     Returns:
         (N, d) float32: the masked values for the float schemes; keyed-modular's uint16 words / 2^16, in [0, 1).
     """
-    if scheme.name not in _PAYLOAD_DTYPES:
-        raise ValueError(f"unknown scheme {scheme.name!r}; choose one of {', '.join(_PAYLOAD_DTYPES)}")
+    if scheme.name not in PAYLOAD_DTYPES:
+        raise ValueError(f"unknown scheme {scheme.name!r}; choose one of {', '.join(PAYLOAD_DTYPES)}")
     if len(payload) != count * scheme.bytes_per_character:
         raise ValueError(f"{scheme.name} payload has {len(payload)} bytes, expected "
                          f"{count} x {scheme.bytes_per_character}")
-    numbers = np.frombuffer(bytes(payload), dtype=_PAYLOAD_DTYPES[scheme.name]).astype(np.float64)
+    numbers = np.frombuffer(bytes(payload), dtype=PAYLOAD_DTYPES[scheme.name]).astype(np.float64)
     if scheme.name == "keyed-modular":
         numbers = numbers / UINT16_MODULUS
     return torch.from_numpy(numbers.reshape(count, scheme.latent_dim)).float()
@@ -159,14 +160,23 @@ def mean_timestep_embedding(scheme: KeyedTimestepMask, samples: int = 4096, seed
 def known_model_attack(
     scheme: MaskScheme, features: torch.Tensor, positions: torch.Tensor, classifier: nn.Module
 ) -> torch.Tensor:
-    """Remove the public part of the mask, then classify with the public receiver classifier.
-
-    report: subtract E(position), a full break. keyed-timestep: subtract the mean of E(t) over its range.
-    keyed-gaussian: the mask has mean 0, so classify the ciphertext as is. keyed-modular: read the
-    uint16 words as if unmasked and dequantise them.
+    """Remove the public part of the mask (`known_model_latents`), then classify with the public classifier.
 
     Returns:
         (N,) int64 predicted class indices.
+    """
+    return _class_probabilities(classifier, known_model_latents(scheme, features, positions)).argmax(1)
+
+
+def known_model_latents(scheme: MaskScheme, features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The attacker's best keyless guess of the latents: the ciphertext minus the public part of the mask.
+
+    report: subtract E(position), a full break. keyed-timestep: subtract the mean of E(t) over its range.
+    keyed-gaussian: the mask has mean 0, so take the ciphertext as is. keyed-modular: read the
+    uint16 words as if unmasked and dequantise them.
+
+    Returns:
+        (N, d) float32 latents.
     """
     if isinstance(scheme, ReportMask):
         latents = features - scheme.position_embedding(positions)
@@ -179,7 +189,7 @@ def known_model_attack(
         latents = scheme.dequantise(words)
     else:
         raise ValueError(f"no known-model attack for scheme {scheme.name!r}")
-    return _class_probabilities(classifier, latents).argmax(1)
+    return latents.float()
 
 
 def timestep_search_attack(
@@ -306,7 +316,7 @@ def learned_inversion_attack(
         return float((best_model(test_inputs).argmax(1) == test_labels).float().mean())
 
 
-def _result(scheme: str, attacker: str, accuracy: float, samples: int, chance: float, receiver_accuracy: float,
+def scored_result(scheme: str, attacker: str, accuracy: float, samples: int, chance: float, receiver_accuracy: float,
             note: str = "") -> AttackResult:
     """An AttackResult with its 95% Wilson interval and advantage filled in."""
     low, high = wilson_interval(round(accuracy * samples), samples)
@@ -383,19 +393,19 @@ def run_attack_suite(
 
         predicted = known_model_attack(scheme, test_features, test_positions, classifier)
         accuracy = float((predicted == labels_test).float().mean())
-        results.append(_result(name, "known-model", accuracy, samples, chance, receiver_accuracy, note))
+        results.append(scored_result(name, "known-model", accuracy, samples, chance, receiver_accuracy, note))
         if isinstance(scheme, KeyedTimestepMask):
             predicted = timestep_search_attack(scheme, test_features, classifier, grid_size, seed)
             accuracy = float((predicted == labels_test).float().mean())
-            results.append(_result(name, "timestep-search", accuracy, samples, chance, receiver_accuracy,
+            results.append(scored_result(name, "timestep-search", accuracy, samples, chance, receiver_accuracy,
                                    f"{grid_size} candidate t of {TIMESTEP_RANGE}"))
 
         accuracy = linear_probe_attack(train_features, labels_train, test_features, labels_test,
                                        train_positions, test_positions)
-        results.append(_result(name, "linear-probe", accuracy, samples, chance, receiver_accuracy, note))
+        results.append(scored_result(name, "linear-probe", accuracy, samples, chance, receiver_accuracy, note))
         accuracy = learned_inversion_attack(train_features, labels_train, test_features, labels_test,
                                             train_positions, test_positions, num_classes, restarts, epochs, seed=seed)
-        results.append(_result(name, "learned-inversion", accuracy, samples, chance, receiver_accuracy, note))
+        results.append(scored_result(name, "learned-inversion", accuracy, samples, chance, receiver_accuracy, note))
 
         # Known plaintext: the attacker holds (ciphertext, character) pairs under the victim's key, new nonces.
         all_features, all_positions = make_ciphertexts(scheme, torch.cat([latents_train, latents_test]),
@@ -404,6 +414,6 @@ def run_attack_suite(
         accuracy = learned_inversion_attack(all_features[:split], labels_train, all_features[split:], labels_test,
                                             all_positions[:split], all_positions[split:], num_classes, restarts,
                                             epochs, seed=seed)
-        results.append(_result(name, "known-plaintext", accuracy, samples, chance, receiver_accuracy,
+        results.append(scored_result(name, "known-plaintext", accuracy, samples, chance, receiver_accuracy,
                                "one key, fresh nonces; learned inversion"))
     return results

@@ -1,8 +1,9 @@
 """Evaluation and promotion stages.
 
 evaluate: receiver-path accuracy and confusion matrix on the real test split and, separately,
-on fresh cGAN images; VAE PSNR and SSIM on the test split. promote: the gates in params.yaml
-decide whether the registered version set becomes `champion`.
+on fresh cGAN images; VAE PSNR and SSIM on the test split; the cGAN's class consistency and
+Frechet distance under an independent judge, and the report's figures (stages/quality.py).
+promote: the gates in params.yaml decide whether the registered version set becomes `champion`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from crypson.config import Config
 from crypson.data.prepare import load_prepared
 from crypson.evaluate import metrics
 from crypson.io import atomic_write_json
+from crypson.stages import quality
 from crypson.stages.common import Layout, write_csv
 from crypson.train.loop import derived_seed, resolve_device
 from crypson.train.vae import to_unit_range
@@ -76,6 +78,7 @@ def evaluate(config: Config, layout: Layout, context: tracking.TrackingContext) 
         "ssim": metrics.ssim(reconstructions, test_images),
         "chance": 1.0 / K,
         "worst_class_accuracy_real": min(a for a in per_class_real if not math.isnan(a)),
+        **quality.cgan_quality(config, data, generated, generated_labels),
     }
     results = {key: round(value, 6) for key, value in results.items()}
     per_class = {char: round(acc, 6) for char, acc in zip(classes, per_class_real)}
@@ -86,10 +89,14 @@ def evaluate(config: Config, layout: Layout, context: tracking.TrackingContext) 
         write_csv(layout.plot(f"confusion_{name}.csv"),
                   [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(actual.tolist(), guess.tolist())])
 
+    figure_paths = quality.write_figures(config, data, generator, vae, layout.root)
+
     with tracking.stage_run(context, "evaluate"):
         tracking.log_params({"evaluate.generated_per_class": config.evaluate.generated_per_class,
+                             "evaluate.reference_epochs": config.evaluate.reference_epochs,
                              "seed": config.seed, "data.version": data.manifest["data_version"]})
         mlflow.log_metrics(results)
+        quality.log_figures(figure_paths)
         mlflow.log_dict(per_class, "per_class_accuracy.json")
         for name, confusion, accuracy in (("real", confusion_real, accuracy_real),
                                           ("generated", confusion_generated, accuracy_generated)):

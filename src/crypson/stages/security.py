@@ -1,4 +1,6 @@
-"""The attack stage: what an attacker without the key learns from Crypson ciphertexts, per scheme.
+"""The attack stage: what an attacker without the key learns from Crypson ciphertexts, per scheme,
+and what survives the trip (end-to-end error rate, channel noise); it writes the security-and-quality
+report, reading the evaluate stage's metrics and figures.
 
 Ciphertexts carry latents of cGAN images (the cipher's path), so the attackers are trained and
 scored on those: fresh images of every class, encoded by the VAE, masked under fresh random keys.
@@ -8,18 +10,30 @@ Each attacker knows every public weight and the scheme, never the key (Kerckhoff
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import json
 import math
 
 import mlflow
+import numpy as np
 import torch
 
 from crypson import artifacts, tracking
+from crypson.cipher import codec
 from crypson.cipher.envelope import SCHEMES
+from crypson.cipher.keys import KEY_BYTES, SecretKey
+from crypson.cipher.masks import get_scheme
 from crypson.config import Config
-from crypson.evaluate.attacks import AttackResult, advantage, run_attack_suite
+from crypson.evaluate import figures
+from crypson.evaluate.attacks import advantage, run_attack_suite
+from crypson.evaluate.channel import channel_noise_accuracy, end_to_end_error_rate, supported_corpus
+from crypson.evaluate.corpus import MESSAGES
+from crypson.evaluate.inversion import image_inversion_suite, nonce_reuse_suite
 from crypson.evaluate.metrics import generate_images
+from crypson.evaluate.report import EndToEnd, attacks_markdown, security_quality_markdown
 from crypson.io import atomic_write_bytes, atomic_write_json
-from crypson.stages.common import Layout
+from crypson.stages.common import Layout, write_csv
+from crypson.stages.quality import FIGURES, figures_dir
 from crypson.train.loop import derived_seed
 
 
@@ -33,24 +47,23 @@ def _finite(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 6)
 
 
-def report_markdown(results: list[AttackResult], default_scheme: str) -> str:
-    """A table per scheme: attacker accuracy with its 95% interval, chance, receiver, advantage."""
-    lines = ["# Crypson: what an attacker without the key learns", "",
-             "Advantage = (attacker accuracy - chance) / (receiver accuracy - chance): 0 is ideal, 1 is a full break.",
-             f"The cipher's configured scheme is `{default_scheme}`.", ""]
-    for scheme in dict.fromkeys(r.scheme for r in results):
-        lines += [f"## {scheme}", "", "| attacker | accuracy (95% CI) | chance | receiver | advantage | note |",
-                  "|---|---|---|---|---|---|"]
-        for r in (r for r in results if r.scheme == scheme):
-            lines.append(f"| {r.attacker} | {r.accuracy:.3f} ({r.ci_low:.3f}-{r.ci_high:.3f}) | {r.chance:.3f} | "
-                         f"{r.receiver_accuracy:.3f} | {r.advantage:.3f} | {r.note} |")
-        lines.append("")
-    return "\n".join(lines)
+def _end_to_end(config: Config, models: codec.CipherModels) -> list[EndToEnd]:
+    """The corpus through the real codec under each scheme, with a seeded key (nonces stay random)."""
+    messages, removed = supported_corpus(MESSAGES, models.alphabet)
+    if removed:
+        mlflow.log_metric("corpus_characters_removed", removed)  # outside this split's alphabet
+    key = SecretKey(np.random.default_rng(derived_seed(config.seed, "corpus-key")).bytes(KEY_BYTES))
+    results = []
+    for name in SCHEMES:
+        scheme = get_scheme(name, models.vae.latent_dim, config.cipher.gaussian_sigma, config.cipher.modular_range)
+        cer, decoded, references = end_to_end_error_rate(models, messages, scheme, key)
+        results.append(EndToEnd(name, cer, sum(len(r) for r in references), list(zip(references, decoded))[:3]))
+    return results
 
 
 def attack(config: Config, layout: Layout, context: tracking.TrackingContext) -> dict:
-    """Run every attacker against every mask scheme; write DVC metrics, a report, an MLflow run."""
-    settings = config.attack
+    """Every attacker against every mask scheme, end-to-end and noise checks; DVC metrics, report, MLflow run."""
+    settings, cipher = config.attack, config.cipher
     generator, classes = artifacts.load_model(layout.model_dir("cgan") / "generator.pt", "generator")
     vae, _ = artifacts.load_model(layout.model_dir("vae") / "vae.pt", "vae")
     classifier, _ = artifacts.load_model(layout.model_dir("classifier") / "classifier.pt", "classifier")
@@ -60,12 +73,22 @@ def attack(config: Config, layout: Layout, context: tracking.TrackingContext) ->
                                                 derived_seed(config.seed, "attack-test"))
     with torch.no_grad():
         receiver = float((classifier(test_latents).argmax(1) == test_labels).float().mean())
+    seed = derived_seed(config.seed, "attack-keys")
+    scheme_settings = {"gaussian_sigma": cipher.gaussian_sigma, "modular_range": cipher.modular_range}
     results = run_attack_suite(
         SCHEMES, train_latents, train_labels, test_latents, test_labels, classifier, receiver, len(classes),
-        message_length=settings.message_length, seed=derived_seed(config.seed, "attack-keys"),
-        gaussian_sigma=config.cipher.gaussian_sigma, modular_range=config.cipher.modular_range,
-        restarts=settings.restarts, epochs=settings.epochs, grid_size=settings.timestep_grid)
-    default = [r for r in results if r.scheme == config.cipher.scheme]
+        message_length=settings.message_length, seed=seed, restarts=settings.restarts, epochs=settings.epochs,
+        grid_size=settings.timestep_grid, **scheme_settings)
+    images = image_inversion_suite(SCHEMES, train_latents, test_latents, vae.decoder, settings.message_length, seed,
+                                   restarts=settings.restarts, epochs=settings.epochs, **scheme_settings)
+    nonce = nonce_reuse_suite(SCHEMES, train_latents, train_labels, test_latents, test_labels, classifier, receiver,
+                              len(classes), settings.message_length, seed, **scheme_settings)
+    levels = list(settings.noise_levels)
+    noise = {name: channel_noise_accuracy(get_scheme(name, vae.latent_dim, **scheme_settings), test_latents,
+                                          test_labels, classifier, levels, settings.message_length, seed)
+             for name in SCHEMES}
+
+    default = [r for r in results if r.scheme == cipher.scheme]
     summary = {
         "receiver_accuracy": round(receiver, 6),
         # JSON has no NaN: an advantage that cannot be measured (receiver at chance) is null.
@@ -75,16 +98,60 @@ def attack(config: Config, layout: Layout, context: tracking.TrackingContext) ->
         "default_scheme_max_advantage_ci_low": _finite(max(advantage(r.ci_low, r.chance, r.receiver_accuracy)
                                                            for r in default)),
         "advantage": {s: {r.attacker: _finite(r.advantage) for r in results if r.scheme == s} for s in SCHEMES},
+        "inversion_psnr_db": {r.scheme: {} for r in images},
+        "inversion_ssim": {r.scheme: {} for r in images},
+        "nonce_reuse_advantage": {r.reused.scheme: {"same_nonce": _finite(r.reused.advantage),
+                                                    "fresh_nonces": _finite(r.fresh.advantage)} for r in nonce},
+        "channel_noise_accuracy": {name: {f"{level:g}": round(a, 6) for level, a in zip(levels, noise[name])}
+                                   for name in SCHEMES},
     }
-    atomic_write_json(layout.metrics("attacks"), summary)
-    markdown = report_markdown(results, config.cipher.scheme)
-    atomic_write_bytes(layout.root / "reports" / "attacks.md", markdown.encode())
+    for r in images:
+        summary["inversion_psnr_db"][r.scheme][r.attacker] = round(r.psnr_db, 4)
+        summary["inversion_ssim"][r.scheme][r.attacker] = round(r.ssim, 6)
     with tracking.stage_run(context, "attack"):
-        tracking.log_params({"attack.train_per_class": settings.train_per_class,
-                             "attack.test_per_class": settings.test_per_class,
-                             "attack.message_length": settings.message_length, "cipher.scheme": config.cipher.scheme})
-        mlflow.log_metrics({f"advantage.{r.scheme}.{r.attacker}": r.advantage for r in results
-                            if not math.isnan(r.advantage)})
-        mlflow.log_text(markdown, "attacks.md")
-        mlflow.log_dict({"results": [dataclasses.asdict(r) for r in results]}, "attacks.json")
+        end_to_end = _end_to_end(config, codec.CipherModels(generator, vae, classifier, classes))
+        summary["cer"] = {r.scheme: round(r.cer, 6) for r in end_to_end}
+        summary["default_scheme_cer"] = summary["cer"][cipher.scheme]
+        _write_outputs(config, layout, summary, results, images, nonce, levels, noise, end_to_end)
     return summary
+
+
+def _write_outputs(config, layout, summary, results, images, nonce, levels, noise, end_to_end) -> None:
+    """DVC metrics, plots and reports; the MLflow run's params, metrics and artifacts."""
+    settings, chance = config.attack, results[0].chance
+    atomic_write_json(layout.metrics("attacks"), summary)
+    atomic_write_bytes(layout.root / "reports" / "attacks.md", attacks_markdown(results, config.cipher.scheme).encode())
+    write_csv(layout.plot("channel_noise.csv"),
+              [{"noise_std": level, **{name: round(noise[name][i], 6) for name in noise}}
+               for i, level in enumerate(levels)])
+    out = figures_dir(layout.root)
+    atomic_write_bytes(out / "channel_noise.png", figures.noise_curve_png(levels, noise, chance))
+    evaluation_path = layout.metrics("evaluate")
+    evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else {}
+    api_takes_nonce = "nonce" in inspect.signature(codec.encrypt).parameters
+    markdown = security_quality_markdown(config.cipher.scheme, evaluation, results, images, nonce, levels, noise,
+                                         end_to_end, api_takes_nonce)
+    report = layout.root / "reports" / "security_quality.md"
+    atomic_write_bytes(report, markdown.encode())
+
+    tracking.log_params({"attack.train_per_class": settings.train_per_class,
+                         "attack.test_per_class": settings.test_per_class,
+                         "attack.message_length": settings.message_length,
+                         "attack.noise_levels": json.dumps(levels), "cipher.scheme": config.cipher.scheme})
+    metrics = {f"advantage.{r.scheme}.{r.attacker}": r.advantage for r in results}
+    metrics.update({f"nonce_reuse_advantage.{r.reused.scheme}": r.reused.advantage for r in nonce})
+    metrics.update({f"inversion_psnr_db.{r.scheme}.{r.attacker}": r.psnr_db for r in images})
+    metrics.update({f"inversion_ssim.{r.scheme}.{r.attacker}": r.ssim for r in images})
+    metrics.update({f"cer.{r.scheme}": r.cer for r in end_to_end})
+    mlflow.log_metrics({key: value for key, value in metrics.items() if not math.isnan(value)})
+    for name, values in noise.items():
+        for step, value in enumerate(values):  # one step per noise level (the levels are a param)
+            mlflow.log_metric(f"channel_noise_accuracy.{name}", value, step=step)
+    mlflow.log_text(attacks_markdown(results, config.cipher.scheme), "attacks.md")
+    mlflow.log_dict({"results": [dataclasses.asdict(r) for r in results],
+                     "image_inversion": [dataclasses.asdict(r) for r in images],
+                     "nonce_reuse": [dataclasses.asdict(r) for r in nonce]}, "attacks.json")
+    mlflow.log_artifact(str(report), "report")
+    for name in (*FIGURES, "channel_noise.png"):
+        if (out / name).is_file():
+            mlflow.log_artifact(str(out / name), "report/figures")

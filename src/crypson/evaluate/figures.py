@@ -1,0 +1,87 @@
+"""The report's figures as PNG bytes (written atomically by the stages, logged to MLflow)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: stages run on servers and in containers
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+from torchvision.utils import make_grid, save_image  # noqa: E402
+
+
+def image_grid_png(images: torch.Tensor, columns: int) -> bytes:
+    """(N, 1, H, W) images in [0, 1] -> one PNG grid, `columns` images a row, grey padding."""
+    grid = make_grid(images.clamp(0, 1), nrow=columns, padding=2, pad_value=0.5)  # (3, H', W')
+    buffer = io.BytesIO()
+    save_image(grid, buffer, format="png")
+    return buffer.getvalue()
+
+
+def _figure_png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def project_latents(latents: np.ndarray, method: str, seed: int, max_points: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """2-d projection of (N, d) latents by PCA or t-SNE (van der Maaten & Hinton 2008).
+
+    Args:
+        method: "pca" or "tsne".
+        max_points: t-SNE is O(N log N) but slow on a CPU: a seeded subsample of this many rows.
+    Returns:
+        ((M, 2) coordinates, (M,) indices of the rows used).
+    """
+    rows = np.arange(len(latents))
+    if max_points is not None and len(rows) > max_points:
+        rows = np.sort(np.random.default_rng(seed).choice(len(rows), max_points, replace=False))
+    if method == "pca":
+        return PCA(n_components=2, random_state=seed).fit_transform(latents[rows]), rows
+    if method == "tsne":
+        perplexity = min(30.0, (len(rows) - 1) / 3)  # sklearn needs perplexity < n_samples
+        # 500 iterations (sklearn's default is 1000): the layout of a few thousand 8-d points settles
+        # well before, and the stage's time budget is small
+        projection = TSNE(n_components=2, perplexity=perplexity, init="pca", max_iter=500, random_state=seed)
+        return projection.fit_transform(latents[rows]), rows
+    raise ValueError(f"unknown projection {method!r}; choose pca or tsne")
+
+
+def embedding_png(points: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], title: str) -> bytes:
+    """Scatter of 2-d points coloured by class, each class's character drawn at its median point."""
+    figure, axes = plt.subplots(figsize=(7, 7))
+    colours = plt.get_cmap("gist_ncar")(np.linspace(0, 0.95, len(classes)))
+    axes.scatter(points[:, 0], points[:, 1], c=colours[labels], s=4, alpha=0.6, linewidths=0)
+    for index, char in enumerate(classes):
+        members = points[labels == index]
+        if len(members):
+            x, y = np.median(members, axis=0)
+            axes.text(x, y, char, fontsize=9, weight="bold", ha="center", va="center",
+                      bbox={"boxstyle": "round,pad=0.1", "fc": "white", "alpha": 0.7, "lw": 0})
+    axes.set_title(title)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    figure.tight_layout()
+    return _figure_png(figure)
+
+
+def noise_curve_png(levels: list[float], accuracy: dict[str, list[float]], chance: float) -> bytes:
+    """Receiver accuracy against channel-noise standard deviation, one line per scheme."""
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for scheme, values in accuracy.items():
+        axes.plot(levels, values, marker="o", label=scheme)
+    axes.axhline(chance, color="grey", linestyle="--", label="chance")
+    axes.set_xlabel("channel noise std (latent units)")
+    axes.set_ylabel("receiver accuracy")
+    axes.set_ylim(0, 1)
+    axes.legend()
+    figure.tight_layout()
+    return _figure_png(figure)
