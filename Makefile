@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11, git):
 #   make repro   creates .venv, installs the pinned dependencies, runs `dvc repro`
-#   make test    creates .venv, installs the pinned dependencies, runs the test suite
+#   make test    creates .venv, installs the pinned dependencies and the Debian packages the
+#                integration tests need (PostgreSQL, Chromium: infra/local/apt-packages.txt), runs the tests
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
@@ -10,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-unit bench clean-outputs
+.PHONY: setup system-deps repro test test-unit test-image bench clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -23,8 +24,22 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 repro: setup
 	dvc repro
 
-test: setup
+# The integration tests run real services: install Debian's packages when one is missing (root, or sudo).
+system-deps:
+	@missing=$$(for pkg in $$(grep -v '^#' infra/local/apt-packages.txt); do \
+	    dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q 'ok installed' || echo $$pkg; done); \
+	if [ -n "$$missing" ]; then \
+	    sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    echo "installing Debian packages:" $$missing; \
+	    $$sudo apt-get update -q && $$sudo apt-get install -y -q $$missing; \
+	fi
+
+test: setup system-deps
 	$(BIN)/python -m pytest
+
+# The component image built and run with rootful podman over a local Debian base (about 8 min).
+test-image:
+	bash ci/podman_image_check.sh
 
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit
