@@ -92,14 +92,16 @@ def evaluate(params: str, run_id: str, git_commit: str, prepared: Input[Dataset]
     return runtime.log_metrics(metrics, results)
 
 
-def attack(params: str, run_id: str, git_commit: str, prepared: Input[Dataset], cgan: Input[Model],
-           vae: Input[Model], classifier: Input[Model], metrics: Output[Metrics], report: Output[Markdown]) -> dict:
-    """Every attacker against every mask scheme; the advantage per scheme."""
+def attack(params: str, run_id: str, git_commit: str, evaluation: dict, prepared: Input[Dataset],
+           cgan: Input[Model], vae: Input[Model], classifier: Input[Model], metrics: Output[Metrics],
+           report: Output[Markdown], security_report: Output[Artifact]) -> dict:
+    """Every attacker against every mask scheme; the advantage per scheme; the security-and-quality report."""
     from crypson.kfp import runtime
 
     inputs = {"prepared": prepared.path, "cgan": cgan.path, "vae": vae.path, "classifier": classifier.path}
-    results = runtime.run_stage("attack", params, inputs, {"attack_report": report.path}, run_id=run_id,
-                                git_commit=git_commit)
+    outputs = {"attack_report": report.path, "security_report": security_report.path}
+    results = runtime.run_stage("attack", params, inputs, outputs, run_id=run_id, git_commit=git_commit,
+                                results={"evaluate": evaluation})
     return runtime.log_metrics(metrics, results)
 
 

@@ -89,7 +89,8 @@ def build_pipeline(params: str, image: str = DEFAULT_IMAGE) -> GraphComponent:
         models["classifier"] = classifier.outputs["classifier"]
 
         evaluate = tracked(with_requests(c.evaluate(**common, prepared=prepared, **models), SCORING_REQUESTS))
-        attack = tracked(with_requests(c.attack(**common, prepared=prepared, **models), SCORING_REQUESTS))
+        attack = tracked(with_requests(
+            c.attack(**common, evaluation=evaluate.outputs["Output"], prepared=prepared, **models), SCORING_REQUESTS))
         gate = c.gate(params=params, evaluation=evaluate.outputs["Output"], attacks=attack.outputs["Output"])
         with dsl.If(gate.output == True, name="gates-pass"):  # noqa: E712 - a KFP condition, not a Python test
             tracked(c.promote(**common, evaluation=evaluate.outputs["Output"], attacks=attack.outputs["Output"],

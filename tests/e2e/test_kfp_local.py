@@ -76,3 +76,15 @@ def test_confusion_matrix_reaches_kfp_as_classification_metrics(local_run):
     assert accuracy == pytest.approx(sum(counts[i][i] for i in range(47)) / (47 * 8), abs=1e-6)
     decision = task_output(folder, "promote")["artifacts"]["decision"]["artifacts"][0]["metadata"]
     assert decision["promoted"] is True
+
+
+def test_attack_task_gets_the_evaluation_and_returns_the_security_report(local_run):
+    folder, _ = local_run
+    (reports,) = (folder / "outputs").glob("crypson-*/attack/security_report")
+    text = (reports / "security_quality.md").read_text()
+    # The quality table reads the evaluate task's metrics: without them it would show "n/a".
+    assert "n/a" not in text
+    accuracy = task_output(folder, "evaluate")["artifacts"]["metrics"]["artifacts"][0]["metadata"]["accuracy_real"]
+    assert f"{accuracy:.3f}" in text
+    figures = list((reports / "figures").iterdir())
+    assert figures and all(p.suffix == ".png" for p in figures)

@@ -36,6 +36,7 @@ ARTIFACTS: dict[str, Callable[[Layout], Path]] = {
     "confusion_real": lambda layout: layout.plot("confusion_real.csv"),
     "confusion_generated": lambda layout: layout.plot("confusion_generated.csv"),
     "attack_report": lambda layout: layout.root / "reports" / "attacks.md",
+    "security_report": lambda layout: layout.root / "reports",  # security_quality.md with its figures/
     "promotion": lambda layout: layout.promotion_report,
 }
 
@@ -141,7 +142,7 @@ def run_stage(stage: str, params: str, inputs: Mapping[str, str], outputs: Mappi
         outputs: artifact name (ARTIFACTS) -> local path the output artifact is written to.
         run_id: the KFP run id, for MLflow tags and grouping (empty for data stages).
         git_commit: the code's commit, recorded on MLflow runs (empty: ask git).
-        results: earlier stages' result JSON by metrics name (`evaluate`, `attacks`), for promote.
+        results: earlier stages' result JSON by metrics name (`evaluate`, `attacks`), for attack and promote.
     Returns:
         The stage's result JSON (RESULTS), or {} for a stage without one.
     """
