@@ -19,6 +19,7 @@ The image-predicting inversion (PSNR/SSIM against the receiver's image) and nonc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -252,22 +253,27 @@ def linear_probe_attack(
     return float((predicted == test_labels.numpy()).mean())
 
 
-def _train_inverter(inputs: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int, hidden: int,
-                    seed: int) -> nn.Module:
-    """One fresh MLP (input -> hidden -> hidden -> K) trained with Adam on cross-entropy, minibatch 256."""
+def train_mlp(inputs: torch.Tensor, targets: torch.Tensor, outputs: int,
+              loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], epochs: int, hidden: int,
+              seed: int) -> nn.Module:
+    """One fresh MLP (input -> hidden -> hidden -> outputs) trained with Adam on `loss`, minibatch 256.
+
+    The learned attackers' network: cross-entropy to characters here, mean squared error to latents
+    in crypson.evaluate.inversion.
+    """
     with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
         torch.manual_seed(seed)
         model = nn.Sequential(nn.Linear(inputs.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                              nn.Linear(hidden, num_classes))
+                              nn.Linear(hidden, outputs))
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(epochs):
         order = torch.randperm(len(inputs), generator=generator)
         for start in range(0, len(inputs), 256):
             batch = order[start : start + 256]
-            loss = nn.functional.cross_entropy(model(inputs[batch]), labels[batch])
+            value = loss(model(inputs[batch]), targets[batch])
             optimiser.zero_grad()
-            loss.backward()
+            value.backward()
             optimiser.step()
     return model.eval()
 
@@ -307,7 +313,8 @@ def learned_inversion_attack(
     validation, fit = order[: len(order) // 5], order[len(order) // 5 :]
     best_validation, best_model = -1.0, None
     for restart in range(restarts):
-        model = _train_inverter(train_inputs[fit], train_labels[fit], num_classes, epochs, hidden, seed + 1 + restart)
+        model = train_mlp(train_inputs[fit], train_labels[fit], num_classes, nn.functional.cross_entropy, epochs,
+                          hidden, seed + 1 + restart)
         with torch.no_grad():
             accuracy = float((model(train_inputs[validation]).argmax(1) == train_labels[validation]).float().mean())
         if accuracy > best_validation:

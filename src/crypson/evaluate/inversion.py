@@ -30,6 +30,7 @@ from crypson.evaluate.attacks import (
     make_ciphertexts,
     payload_features,
     scored_result,
+    train_mlp,
 )
 from crypson.evaluate.metrics import psnr_per_image
 
@@ -74,25 +75,6 @@ def _one_hot_inputs(features: torch.Tensor, positions: torch.Tensor, num_positio
     return torch.cat([features.float(), one_hot], dim=1)  # (N, d + P)
 
 
-def _fit_regressor(inputs: torch.Tensor, targets: torch.Tensor, epochs: int, hidden: int, seed: int) -> nn.Module:
-    """One fresh MLP (input -> hidden -> hidden -> d) trained with Adam on mean squared error."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = nn.Sequential(nn.Linear(inputs.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                              nn.Linear(hidden, targets.shape[1]))
-    generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(epochs):
-        order = torch.randperm(len(inputs), generator=generator)
-        for start in range(0, len(inputs), 256):
-            batch = order[start : start + 256]
-            loss = nn.functional.mse_loss(model(inputs[batch]), targets[batch])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    return model.eval()
-
-
 def learned_latent_inversion(
     train_features: torch.Tensor,
     train_positions: torch.Tensor,
@@ -123,7 +105,8 @@ def learned_latent_inversion(
     validation, fit = order[: len(order) // 5], order[len(order) // 5 :]
     best_error, best_model = math.inf, None
     for restart in range(restarts):
-        model = _fit_regressor(train_inputs[fit], targets[fit], epochs, hidden, seed + 1 + restart)
+        model = train_mlp(train_inputs[fit], targets[fit], targets.shape[1], nn.functional.mse_loss, epochs, hidden,
+                          seed + 1 + restart)
         with torch.no_grad():
             error = float(nn.functional.mse_loss(model(train_inputs[validation]), targets[validation]))
         if error < best_error:
