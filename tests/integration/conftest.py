@@ -65,6 +65,25 @@ def services():
         shutil.rmtree(holder, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _stack_tracking_uri(request):
+    """Point MLflow's global tracking URI at the stack for each test that uses it.
+
+    Unit tests that run between integration tests (pytest orders files, and test_faults.py goes
+    last) set their own embedded store; calls like mlflow.models.get_model_info read the global URI.
+    """
+    if "services" not in request.fixturenames:
+        yield
+        return
+    services = request.getfixturevalue("services")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(services.tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 @pytest.fixture(scope="session")
 def server_pipeline(services, tmp_path_factory):
     """The tiny pipeline through `dvc repro`, tracked on the stack's server: (repo, dvc output)."""
