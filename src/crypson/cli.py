@@ -90,7 +90,13 @@ def _tracking_context(config: Config, params: Path, root: Path) -> tracking.Trac
     return tracking.TrackingContext(experiment_id, parent, tags)
 
 
-def _run(stage: str, params: Path, root: Path, quiet: bool = False) -> None:
+def run_stage(stage: str, params: Path, root: Path, quiet: bool = False) -> None:
+    """Run one pipeline stage as `crypson stage ...` does (config, logging, MLflow context): the one
+    entry that dvc.yaml (through the CLI) and the Kubeflow components (crypson.kfp.runtime) share.
+
+    Raises:
+        typer.Exit: the stage failed; the reason is already on stderr.
+    """
     from crypson import stages
     from crypson.train import distributed
 
@@ -119,58 +125,58 @@ def _run(stage: str, params: Path, root: Path, quiet: bool = False) -> None:
 @stage_app.command("ingest")
 def ingest_command(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
     """Write the raw EMNIST-format files (data.source: emnist or glyphs) to data/raw."""
-    _run("ingest", params, root)
+    run_stage("ingest", params, root)
 
 
 @stage_app.command("prepare")
 def prepare_command(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
     """Pad to 32x32, split train/val/test, write the metadata table."""
-    _run("prepare", params, root)
+    run_stage("prepare", params, root)
 
 
 @stage_app.command("validate")
 def validate_command(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
     """Great-expectations suite on the metadata table; fails on any violated expectation."""
-    _run("validate", params, root)
+    run_stage("validate", params, root)
 
 
 @stage_app.command("train-cgan")
 def train_cgan_command(params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
                        quiet: QuietOption = False) -> None:
     """Train and register the conditional GAN."""
-    _run("train_cgan", params, root, quiet)
+    run_stage("train_cgan", params, root, quiet)
 
 
 @stage_app.command("train-vae")
 def train_vae_command(params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
                       quiet: QuietOption = False) -> None:
     """Train and register the VAE."""
-    _run("train_vae", params, root, quiet)
+    run_stage("train_vae", params, root, quiet)
 
 
 @stage_app.command("train-classifier")
 def train_classifier_command(params: ParamsOption = Path("params.yaml"), root: RootOption = Path("."),
                              quiet: QuietOption = False) -> None:
     """Train and register the latent classifier (needs the trained VAE)."""
-    _run("train_classifier", params, root, quiet)
+    run_stage("train_classifier", params, root, quiet)
 
 
 @stage_app.command("evaluate")
 def evaluate_command(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
     """Accuracy, confusion matrices, PSNR/SSIM: DVC metrics and plots, MLflow run."""
-    _run("evaluate", params, root)
+    run_stage("evaluate", params, root)
 
 
 @stage_app.command("attack")
 def attack_command(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
     """Attack suite: every attacker against every mask scheme; advantage per scheme as DVC metrics."""
-    _run("attack", params, root)
+    run_stage("attack", params, root)
 
 
 @stage_app.command("promote")
 def promote_command(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
     """Move the `champion` alias to this run's models if every gate passes."""
-    _run("promote", params, root)
+    run_stage("promote", params, root)
 
 
 @app.command("config")

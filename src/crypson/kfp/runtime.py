@@ -121,10 +121,10 @@ def _call_stage(stage: str, params_path: Path, root: Path) -> None:
     """Run the stage the way `crypson stage ...` does (config, logging, MLflow context)."""
     import typer
 
-    from crypson.cli import _run
+    from crypson.cli import run_stage
 
     try:
-        _run(stage, params_path, root, quiet=True)
+        run_stage(stage, params_path, root, quiet=True)
     except typer.Exit as exit_:
         # The CLI printed the reason to stderr already.
         raise RuntimeError(f"crypson stage {stage} failed with exit code {exit_.exit_code}; "

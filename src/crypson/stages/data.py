@@ -12,7 +12,6 @@ from crypson.config import Config
 from crypson.data.emnist import download_emnist, file_names, load_emnist
 from crypson.data.glyphs import GlyphStyle, generate_glyphs, resolve_fonts
 from crypson.data.prepare import ImageSet, PreparedData, hash_files, pad_to, stratified_split, write_prepared
-from crypson.data.validate import ValidationSettings, save_report, validate_metadata
 from crypson.io import atomic_directory
 from crypson.stages.common import Layout
 
@@ -80,6 +79,9 @@ def validate(config: Config, layout: Layout) -> None:
     Raises:
         DataValidationError: with one line per failed expectation, after saving the report.
     """
+    # great-expectations takes ~3 s to import: only this stage pays for it, not every `crypson stage`.
+    from crypson.data.validate import ValidationSettings, save_report, validate_metadata
+
     metadata = pd.read_parquet(layout.prepared / "metadata.parquet")
     num_classes = len(json.loads((layout.prepared / "classes.json").read_text()))
     rules = config.validate_
