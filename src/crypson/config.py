@@ -120,6 +120,7 @@ class CipherConfig(_Section):
     gaussian_sigma: float = Field(4.0, gt=0, le=1000)
     modular_range: float = Field(6.0, gt=0, le=1000)
     models: str = Field("champion", min_length=1)  # registry alias, or a folder holding models/
+    max_draws: int = Field(64, ge=1, le=4096)  # cGAN images per character until the classifier reads it back
 
 
 class TrackingConfig(_Section):

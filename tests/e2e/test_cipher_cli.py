@@ -1,14 +1,17 @@
 """`crypson keygen | encrypt | decrypt` against the tiny pipeline's registered models.
 
-The tiny models are untrained, so the decrypted characters are not the sent ones; what is checked
-is the command-line contract: the registry's champion models are used, spaces and length survive,
-a wrong key or a modified ciphertext gives a clear error and no plaintext, and the key appears in
-no output, log, or tracking store.
+The tiny models are barely trained, so the sender's check (a new image for a character its copy of
+the classifier misreads, up to cipher.max_draws) cannot always succeed; what is checked is the
+command-line contract: the registry's champion models are used, spaces and length survive, the
+receiver misreads no more characters than the sender warned about, a wrong key or a modified
+ciphertext gives a clear error and no plaintext, and the key appears in no output, log, or
+tracking store.
 """
 
 import base64
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -43,6 +46,10 @@ def test_encrypt_decrypt_round_trip_and_refusals(pipeline):
     assert back.returncode == 0, back.stderr
     text = back.stdout.decode().rstrip("\n")
     assert len(text) == 14 and [c == " " for c in text] == [c == " " for c in "Hello World 42"]
+    warned = re.search(rb"(\d+) of 12 characters are still misread", sent.stderr)
+    misread = sum(a != b for a, b in zip(text, "HeLLO WOrLd 42"))  # EMNIST balanced folds l, o onto L, O
+    assert misread <= (int(warned.group(1)) if warned else 0), (text, sent.stderr)
+    assert b"Hello" not in sent.stderr
     assert (repo / "hello.png").read_bytes().startswith(b"\x89PNG")
 
     other = repo / "mallory.key"

@@ -35,7 +35,7 @@ from crypson.evaluate.inversion import (
     nonce_reuse_suite,
     score_images,
 )
-from crypson.evaluate.report import EndToEnd, attacks_markdown, security_quality_markdown
+from crypson.evaluate.report import EndToEnd, SenderCheck, attacks_markdown, security_quality_markdown
 
 NUM_CLASSES, DIM = 4, 8
 CHANCE = 1.0 / NUM_CLASSES
@@ -265,7 +265,7 @@ def test_nonce_reuse_breaks_keyed_schemes_and_fresh_nonces_do_not(data):
 def test_the_cipher_api_takes_no_nonce_from_its_caller():
     assert "nonce" not in inspect.signature(encrypt).parameters
     assert [name for name in inspect.signature(encrypt).parameters] == ["models", "texts", "key", "scheme",
-                                                                         "replace"]
+                                                                         "replace", "max_draws"]
 
 
 def test_security_quality_report_shows_the_numbers(data):
@@ -278,8 +278,9 @@ def test_security_quality_report_shows_the_numbers(data):
     markdown = security_quality_markdown(
         "keyed-modular", {"class_consistency": 0.4321, "frechet_distance": 12.345}, [result], [image], [reuse],
         [0.0, 0.5], {"keyed-modular": [0.9, 0.777]}, [EndToEnd("keyed-modular", 0.0625, 16, [("AB", "AB")])],
-        api_takes_nonce=False)
+        api_takes_nonce=False, sender=SenderCheck(48, 2.345, 0.0125))
     for expected in ("0.432", "12.35", "| linear-probe | 0.260 (0.240-0.280)", "0.777", "0.062", "| yes | 0.800",
-                     "20.00", "take no nonce", "## Quality", "### Nonce reuse", "(configured)"):
+                     "20.00", "take no nonce", "## Quality", "### Nonce reuse", "(configured)",
+                     "up to 48 images", "2.35 images per character", "1.25% still misread"):
         assert expected in markdown, expected
     assert "## keyed-modular" in attacks_markdown([result], "keyed-modular")

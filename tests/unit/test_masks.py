@@ -185,3 +185,17 @@ def test_bad_settings():
         get_scheme("report", latent_dim=7)
     with pytest.raises(ValueError, match=r"integers in \[0, 65535\]"):
         KeyedModularMask(8).dequantise(torch.tensor([[70_000]]))
+
+
+def test_received_is_what_unmask_returns_under_keyed_modular():
+    scheme, key = KeyedModularMask(8), bytes(range(32))
+    latents = torch.cat([torch.randn(64, 8, generator=torch.Generator().manual_seed(3)) * 2,
+                         torch.full((1, 8), 7.5), torch.full((1, 8), -9.0)])  # two rows beyond the +-6 clip
+    assert torch.equal(scheme.received(latents), scheme.unmask(scheme.mask(latents, key), len(latents), key))
+    assert float(scheme.received(latents)[-2:].abs().max()) == 6.0
+
+
+@pytest.mark.parametrize("name", ["report", "keyed-timestep", "keyed-gaussian"])
+def test_received_leaves_the_float_schemes_latents_unrounded(name):
+    latents = torch.randn(5, 8)
+    assert torch.equal(get_scheme(name).received(latents), latents)

@@ -6,6 +6,7 @@ command-line argument, which any user could read in `ps`.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -107,6 +108,10 @@ def encrypt(
     from crypson.cipher.codec import encrypt as encrypt_texts
     from crypson.cipher.masks import get_scheme
 
+    # The sender's-check warning must reach stderr even when a library (alembic, through MLflow's
+    # store) has raised the root logger's level.
+    logging.getLogger("crypson.cipher").setLevel(logging.WARNING)
+
     try:
         config = _config(params)
         scheme_name = scheme or config.cipher.scheme
@@ -121,7 +126,7 @@ def encrypt(
         loaded = _models(models or config.cipher.models, "cpu")
         mask = get_scheme(scheme_name, loaded.vae.latent_dim, gaussian_sigma=config.cipher.gaussian_sigma,
                           modular_range=config.cipher.modular_range)
-        envelopes = encrypt_texts(loaded, messages, key, mask, replace)
+        envelopes = encrypt_texts(loaded, messages, key, mask, replace, config.cipher.max_draws)
     except (ConfigError, AlphabetError, LookupError, OSError, ValueError) as error:
         _fail(str(error))
     payload = to_bytes(envelopes[0]) if binary else "".join(to_json(e) + "\n" for e in envelopes).encode()
@@ -188,7 +193,7 @@ def serve_register(
         settings = {"gaussian_sigma": config.cipher.gaussian_sigma, "modular_range": config.cipher.modular_range}
         if config.cipher.scheme == "report":
             raise ValueError("refusing to serve the insecure 'report' baseline scheme")
-        version = register_service(alias, config.cipher.scheme, settings)
+        version = register_service(alias, config.cipher.scheme, settings, config.cipher.max_draws)
     except (ConfigError, LookupError, ValueError) as error:
         _fail(str(error))
     typer.echo(f"registered {SERVED_NAME} v{version} (alias {alias}); serve it with:\n"

@@ -112,6 +112,12 @@ class MaskScheme(abc.ABC):
         with torch.no_grad():
             return self._unmask(bytes(payload), count, mask_key)
 
+    def received(self, latents: torch.Tensor) -> torch.Tensor:
+        """What the receiver gets back for these latents over a clean channel, as far as it does
+        not depend on the key: the latents themselves for the float schemes (their payload rounding,
+        float32 or float16 of the masked value, is left out), the 16-bit grid for keyed-modular."""
+        return latents
+
     @abc.abstractmethod
     def _mask(self, latents: torch.Tensor, mask_key: bytes | None) -> bytes:
         """Scheme-specific masking of checked latents."""
@@ -287,6 +293,10 @@ class KeyedModularMask(MaskScheme):
         if quantised.is_floating_point() or out_of_range:
             raise ValueError(f"quantised latents must be integers in [0, {self.levels}]")
         return (quantised.double() / self.levels * 2 * self.range - self.range).float()
+
+    def received(self, latents: torch.Tensor) -> torch.Tensor:
+        """Exactly what `unmask` returns: the latents clipped and rounded to the 16-bit grid."""
+        return self.dequantise(self.quantise(latents.cpu())).to(latents.device)
 
     def _mask(self, latents: torch.Tensor, mask_key: bytes | None) -> bytes:
         quantised = self.quantise(latents).numpy().astype(np.uint32).reshape(-1)  # (N * d,)

@@ -14,6 +14,7 @@ envelope>"}; each response row holds "ciphertext" or "text", or "error" for a ro
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -44,6 +45,8 @@ class CipherService(mlflow.pyfunc.PythonModel):
         self.models = CipherModels(modules["cgan"], modules["vae"], modules["classifier"],
                                    tuple(manifest["classes"]), manifest["versions"])
         self.scheme = get_scheme(manifest["scheme"], self.models.vae.latent_dim, **manifest["scheme_settings"])
+        self.max_draws = int(manifest.get("max_draws", 1))  # bundles from before the sender's check: none
+        logging.getLogger("crypson.cipher").setLevel(logging.WARNING)  # misread counts reach the server's log
         self.key = key_from_env(os.environ)  # fails the server's start, loudly, when unset
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> list[dict]:
@@ -72,7 +75,8 @@ class CipherService(mlflow.pyfunc.PythonModel):
             if not all(isinstance(value, str) for value in values):
                 raise ValueError(f"each {operation} row needs a string {field!r}")
             if operation == "encrypt":
-                return [{"ciphertext": to_json(e)} for e in encrypt(self.models, values, self.key, self.scheme)]
+                return [{"ciphertext": to_json(e)} for e in encrypt(self.models, values, self.key, self.scheme,
+                                                                        max_draws=self.max_draws)]
             envelopes = [from_json(value) for value in values]
             return [{"text": d.text} for d in decrypt(self.models, envelopes, self.key)]
 
@@ -90,8 +94,10 @@ class CipherService(mlflow.pyfunc.PythonModel):
             return results
 
 
-def register_service(alias: str, scheme: str, scheme_settings: dict[str, float]) -> str:
+def register_service(alias: str, scheme: str, scheme_settings: dict[str, float], max_draws: int) -> str:
     """Log `crypson-cipher` bundling the versions `alias` points at; register it with the same alias.
+
+    max_draws: the sender's check (`codec.encrypt`), recorded in the bundle's manifest.
 
     Returns:
         The new `crypson-cipher` version.
@@ -104,13 +110,14 @@ def register_service(alias: str, scheme: str, scheme_settings: dict[str, float])
     versions = {name: str(version) for name, version in found.items()}
     classifier = client.get_model_version(MODEL_NAMES["classifier"], versions[MODEL_NAMES["classifier"]])
     manifest = {"classes": json.loads(classifier.tags["classes"]), "versions": versions, "scheme": scheme,
-                "scheme_settings": scheme_settings}
+                "scheme_settings": scheme_settings, "max_draws": max_draws}
     with tempfile.TemporaryDirectory() as folder:
         manifest_path = Path(folder) / "manifest.json"
         manifest_path.write_text(json.dumps(manifest, indent=2))
         artifacts = {kind: f"models:/{name}/{versions[name]}" for kind, name in MODEL_NAMES.items()}
         with mlflow.start_run(run_name="register_cipher_service", tags={"crypson.stage": "serve"}):
-            mlflow.log_params({f"bundled.{name}": version for name, version in versions.items()} | {"scheme": scheme})
+            mlflow.log_params({f"bundled.{name}": version for name, version in versions.items()}
+                              | {"scheme": scheme, "max_draws": max_draws})
             info = mlflow.pyfunc.log_model(
                 name="cipher", python_model=CipherService(),
                 artifacts={**artifacts, "manifest": str(manifest_path)},

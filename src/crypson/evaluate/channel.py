@@ -33,8 +33,8 @@ def supported_corpus(messages: tuple[str, ...] | list[str], alphabet: Alphabet) 
     return [message for message in kept if message.strip()], removed
 
 
-def end_to_end_error_rate(models: CipherModels, messages: list[str], scheme: MaskScheme,
-                          key: SecretKey) -> tuple[float, list[str], list[str]]:
+def end_to_end_error_rate(models: CipherModels, messages: list[str], scheme: MaskScheme, key: SecretKey,
+                          max_draws: int) -> tuple[float, list[str], list[str]]:
     """Encrypt and decrypt every message through the codec; CER against the case-folded plaintext.
 
     The reference is what a perfect receiver returns: the message with each letter folded onto the
@@ -45,7 +45,8 @@ def end_to_end_error_rate(models: CipherModels, messages: list[str], scheme: Mas
     """
     encoded = [models.alphabet.encode(message) for message in messages]
     references = [models.alphabet.decode(e.class_index, e.is_space) for e in encoded]
-    decoded = [result.text for result in decrypt(models, encrypt(models, messages, key, scheme), key)]
+    envelopes = encrypt(models, messages, key, scheme, max_draws=max_draws)
+    decoded = [result.text for result in decrypt(models, envelopes, key)]
     return character_error_rate(decoded, references), decoded, references
 
 

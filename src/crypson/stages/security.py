@@ -29,18 +29,21 @@ from crypson.evaluate.attacks import advantage, run_attack_suite
 from crypson.evaluate.channel import channel_noise_accuracy, end_to_end_error_rate, supported_corpus
 from crypson.evaluate.corpus import MESSAGES
 from crypson.evaluate.inversion import image_inversion_suite, nonce_reuse_suite
-from crypson.evaluate.metrics import generate_images
-from crypson.evaluate.report import EndToEnd, attacks_markdown, security_quality_markdown
+from crypson.evaluate.report import EndToEnd, SenderCheck, attacks_markdown, security_quality_markdown
 from crypson.io import atomic_write_bytes, atomic_write_json
 from crypson.stages.common import Layout, write_csv
 from crypson.stages.quality import FIGURES, figures_dir
 from crypson.train.loop import derived_seed
 
 
-@torch.no_grad()
-def _cipher_latents(generator, vae, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = generate_images(generator, per_class, seed)
-    return vae.encode_mean(images).float(), labels
+def _cipher_latents(models: codec.CipherModels, per_class: int, seed: int,
+                    max_draws: int) -> tuple[torch.Tensor, torch.Tensor, codec.Drawn]:
+    """What the cipher sends for `per_class` characters of every class: latents of cGAN images
+    that passed the sender's check (`codec.draw_latents`), from seeded noise."""
+    labels = torch.arange(len(models.classes)).repeat_interleave(per_class)
+    noise = torch.Generator(device=models.device).manual_seed(seed)
+    drawn = codec.draw_latents(models, labels, max_draws, noise_source=noise)
+    return drawn.latents, labels, drawn
 
 
 def _finite(value: float) -> float | None:
@@ -56,7 +59,7 @@ def _end_to_end(config: Config, models: codec.CipherModels) -> list[EndToEnd]:
     results = []
     for name in SCHEMES:
         scheme = get_scheme(name, models.vae.latent_dim, config.cipher.gaussian_sigma, config.cipher.modular_range)
-        cer, decoded, references = end_to_end_error_rate(models, messages, scheme, key)
+        cer, decoded, references = end_to_end_error_rate(models, messages, scheme, key, config.cipher.max_draws)
         results.append(EndToEnd(name, cer, sum(len(r) for r in references), list(zip(references, decoded))[:3]))
     return results
 
@@ -67,10 +70,11 @@ def attack(config: Config, layout: Layout, context: tracking.TrackingContext) ->
     generator, classes = artifacts.load_model(layout.model_dir("cgan") / "generator.pt", "generator")
     vae, _ = artifacts.load_model(layout.model_dir("vae") / "vae.pt", "vae")
     classifier, _ = artifacts.load_model(layout.model_dir("classifier") / "classifier.pt", "classifier")
-    train_latents, train_labels = _cipher_latents(generator, vae, settings.train_per_class,
-                                                  derived_seed(config.seed, "attack-train"))
-    test_latents, test_labels = _cipher_latents(generator, vae, settings.test_per_class,
-                                                derived_seed(config.seed, "attack-test"))
+    models = codec.CipherModels(generator, vae, classifier, classes)
+    train_latents, train_labels, _ = _cipher_latents(models, settings.train_per_class,
+                                                     derived_seed(config.seed, "attack-train"), cipher.max_draws)
+    test_latents, test_labels, drawn = _cipher_latents(models, settings.test_per_class,
+                                                       derived_seed(config.seed, "attack-test"), cipher.max_draws)
     with torch.no_grad():
         receiver = float((classifier(test_latents).argmax(1) == test_labels).float().mean())
     seed = derived_seed(config.seed, "attack-keys")
@@ -91,6 +95,10 @@ def attack(config: Config, layout: Layout, context: tracking.TrackingContext) ->
     default = [r for r in results if r.scheme == cipher.scheme]
     summary = {
         "receiver_accuracy": round(receiver, 6),
+        # The sender's check on the test characters: images drawn per character, and the share its
+        # classifier still misread after cipher.max_draws images (those are sent as drawn).
+        "sender_mean_draws": round(float(drawn.draws.float().mean()), 4),
+        "sender_misread_fraction": round(float((~drawn.read_back).float().mean()), 6),
         # JSON has no NaN: an advantage that cannot be measured (receiver at chance) is null.
         "default_scheme_max_advantage": _finite(max(r.advantage for r in default)),
         # The gate reads the lower 95% bound: it blocks promotion when an attacker is shown to beat
@@ -109,7 +117,7 @@ def attack(config: Config, layout: Layout, context: tracking.TrackingContext) ->
         summary["inversion_psnr_db"][r.scheme][r.attacker] = round(r.psnr_db, 4)
         summary["inversion_ssim"][r.scheme][r.attacker] = round(r.ssim, 6)
     with tracking.stage_run(context, "attack"):
-        end_to_end = _end_to_end(config, codec.CipherModels(generator, vae, classifier, classes))
+        end_to_end = _end_to_end(config, models)
         summary["cer"] = {r.scheme: round(r.cer, 6) for r in end_to_end}
         summary["default_scheme_cer"] = summary["cer"][cipher.scheme]
         _write_outputs(config, layout, summary, results, images, nonce, levels, noise, end_to_end)
@@ -129,20 +137,23 @@ def _write_outputs(config, layout, summary, results, images, nonce, levels, nois
     evaluation_path = layout.metrics("evaluate")
     evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else {}
     api_takes_nonce = "nonce" in inspect.signature(codec.encrypt).parameters
+    sender = SenderCheck(config.cipher.max_draws, summary["sender_mean_draws"], summary["sender_misread_fraction"])
     markdown = security_quality_markdown(config.cipher.scheme, evaluation, results, images, nonce, levels, noise,
-                                         end_to_end, api_takes_nonce)
+                                         end_to_end, api_takes_nonce, sender)
     report = layout.root / "reports" / "security_quality.md"
     atomic_write_bytes(report, markdown.encode())
 
     tracking.log_params({"attack.train_per_class": settings.train_per_class,
                          "attack.test_per_class": settings.test_per_class,
                          "attack.message_length": settings.message_length,
-                         "attack.noise_levels": json.dumps(levels), "cipher.scheme": config.cipher.scheme})
+                         "attack.noise_levels": json.dumps(levels), "cipher.scheme": config.cipher.scheme,
+                         "cipher.max_draws": config.cipher.max_draws})
     metrics = {f"advantage.{r.scheme}.{r.attacker}": r.advantage for r in results}
     metrics.update({f"nonce_reuse_advantage.{r.reused.scheme}": r.reused.advantage for r in nonce})
     metrics.update({f"inversion_psnr_db.{r.scheme}.{r.attacker}": r.psnr_db for r in images})
     metrics.update({f"inversion_ssim.{r.scheme}.{r.attacker}": r.ssim for r in images})
     metrics.update({f"cer.{r.scheme}": r.cer for r in end_to_end})
+    metrics.update({key: summary[key] for key in ("sender_mean_draws", "sender_misread_fraction")})
     mlflow.log_metrics({key: value for key, value in metrics.items() if not math.isnan(value)})
     for name, values in noise.items():
         for step, value in enumerate(values):  # one step per noise level (the levels are a param)
