@@ -167,13 +167,19 @@ def test_misread_characters_are_sent_with_a_warning_that_names_no_text(caplog):
     assert "AB" not in warning.getMessage()
 
 
-def test_draw_until_read_redraws_only_the_misread_in_batches():
-    stream = torch.Generator().manual_seed(0)
-    calls = []
+def _counting_encoder(seed: int) -> tuple:
+    """encode(index) -> fresh 2-d Gaussian latents, and the list of batch sizes it was called with."""
+    stream, calls = torch.Generator().manual_seed(seed), []
 
     def encode(index):
         calls.append(len(index))
         return torch.randn(len(index), 2, generator=stream)
+
+    return encode, calls
+
+
+def test_draw_until_read_redraws_only_the_misread_in_batches():
+    encode, calls = _counting_encoder(0)
 
     def classify(latents):  # class 1 when the first component is positive; class 2 never
         return (latents[:, 0] > 0).long()
@@ -205,12 +211,7 @@ def test_max_draws_must_be_a_positive_int(bad):
 
 
 def test_the_last_few_characters_get_several_candidates_per_round():
-    stream = torch.Generator().manual_seed(1)
-    calls = []
-
-    def encode(index):
-        calls.append(len(index))
-        return torch.randn(len(index), 2, generator=stream)
+    encode, calls = _counting_encoder(1)
 
     def classify(latents):  # class 0 reads back one time in ten, class 1 never
         return torch.where(latents[:, 0] > 1.2816, 0, 5)
