@@ -68,7 +68,13 @@ def configure(tracking_uri: str, experiment: str, artifact_dir: Path | None = No
         location = None
         if artifact_dir is not None and not remote and not tracking_uri.startswith("databricks"):
             location = Path(artifact_dir).resolve().as_uri()
-        found = mlflow.get_experiment(mlflow.create_experiment(experiment, artifact_location=location))
+        try:
+            found = mlflow.get_experiment(mlflow.create_experiment(experiment, artifact_location=location))
+        except mlflow.exceptions.MlflowException:
+            # Another process created it since the lookup (pipelines starting together on a new store).
+            found = mlflow.get_experiment_by_name(experiment)
+            if found is None:
+                raise
     check_artifact_store(found.artifact_location, os.environ)
     return found.experiment_id
 

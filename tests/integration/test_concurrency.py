@@ -53,7 +53,9 @@ def test_concurrent_registrations_get_distinct_versions_and_a_gated_champion(ser
                for gate, out in zip(gates, outputs)]
     deadline = time.monotonic() + 240  # every worker has imported torch and MLflow: start them together
     while not all(out.with_suffix(".ready").exists() for out in outputs):
-        assert time.monotonic() < deadline and all(w.poll() is None for w in workers), "a worker did not get ready"
+        dead = [w for w in workers if w.poll() is not None]
+        assert not dead, f"a worker exited before it was ready: {dead[0].communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, "a worker did not get ready in 240 s"
         time.sleep(0.1)
     go.touch()
     for worker in workers:

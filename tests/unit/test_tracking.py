@@ -95,3 +95,16 @@ def test_champion_moves_all_or_none(store, monkeypatch):
     with pytest.raises(mlflow.exceptions.MlflowException):
         tracking.set_champion({"crypson-vae": "2", "crypson-cgan": "2"})
     assert tracking.champion_versions(["crypson-vae", "crypson-cgan"]) == {"crypson-vae": "1", "crypson-cgan": "1"}
+
+
+def test_configure_takes_the_experiment_another_process_just_created(store, tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    created_elsewhere = MlflowClient(uri).create_experiment("raced", artifact_location=(tmp_path / "a").as_uri())
+    real_lookup, calls = mlflow.get_experiment_by_name, []
+
+    def lookup(name):  # the first lookup ran before the other process's create
+        calls.append(name)
+        return None if len(calls) == 1 else real_lookup(name)
+
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", lookup)
+    assert tracking.configure(uri, "raced", tmp_path / "artifacts") == created_elsewhere
