@@ -224,3 +224,15 @@ def test_the_last_few_characters_get_several_candidates_per_round():
     assert sum(calls) <= 22 * 50 and len(calls) < 12  # a round per draw would be 50 calls
     # every round but the first and the last (capped by the draws left) fills at least 64 - 21 images
     assert all(size >= 64 - 21 for size in calls[1:-1]), calls
+
+
+def test_chunked_forward_passes_give_the_same_answers(models):
+    from crypson.inference import inference_chunk
+
+    assert inference_chunk("cpu") == 128 and inference_chunk(torch.device("cuda", 0)) == 8192
+    latents = torch.randn(300, 8)  # three CPU chunks, the last one short
+    assert torch.equal(codec.classify_latents(models, latents), codec.classify_latents(models, latents, batch_size=300))
+    index = torch.arange(300) % len(CLASSES)
+    chunked = codec.encode_characters(models, index, noise_source=torch.Generator().manual_seed(5))
+    whole = codec.encode_characters(models, index, batch_size=300, noise_source=torch.Generator().manual_seed(5))
+    assert chunked.shape == (300, 8) and torch.allclose(chunked, whole, atol=1e-5)

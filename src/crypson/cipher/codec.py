@@ -26,6 +26,7 @@ from crypson.cipher.alphabet import Alphabet
 from crypson.cipher.envelope import Envelope, seal, verify
 from crypson.cipher.keys import SecretKey, derive_message_keys, new_nonce, xor_with_stream
 from crypson.cipher.masks import MaskScheme, get_scheme
+from crypson.inference import inference_chunk
 from crypson.models.cgan import Generator
 from crypson.models.classifier import LatentClassifier
 from crypson.models.vae import VAE
@@ -86,13 +87,15 @@ def fresh_noise_source(models: CipherModels) -> torch.Generator:
 
 
 @torch.no_grad()
-def encode_characters(models: CipherModels, class_index: torch.Tensor, batch_size: int = 8192,
+def encode_characters(models: CipherModels, class_index: torch.Tensor, batch_size: int | None = None,
                       noise_source: torch.Generator | None = None) -> torch.Tensor:
     """class indices (N,) -> VAE posterior means (N, d) of freshly generated images, on CPU.
 
+    batch_size: images per forward pass; None: what suits the device (crypson.inference).
     noise_source: the cGAN's noise generator (on the models' device); None draws a fresh seed.
     """
     latents = []
+    batch_size = batch_size or inference_chunk(models.device)
     noise_source = noise_source if noise_source is not None else fresh_noise_source(models)
     for start in range(0, len(class_index), batch_size):
         labels = class_index[start : start + batch_size].to(models.device)
@@ -103,8 +106,9 @@ def encode_characters(models: CipherModels, class_index: torch.Tensor, batch_siz
 
 
 @torch.no_grad()
-def classify_latents(models: CipherModels, latents: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
+def classify_latents(models: CipherModels, latents: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """latents (N, d) -> class indices (N,), on CPU."""
+    batch_size = batch_size or inference_chunk(models.device)
     predicted = [models.classifier(latents[s : s + batch_size].to(models.device)).argmax(1).cpu()
                  for s in range(0, len(latents), batch_size)]
     return torch.cat(predicted) if predicted else torch.zeros(0, dtype=torch.long)

@@ -39,6 +39,7 @@ from crypson.cipher.masks import (
     ReportMask,
     get_scheme,
 )
+from crypson.inference import inference_chunk
 
 # Big-endian payload number formats, one per scheme (masks.py module docstring).
 PAYLOAD_DTYPES = {"report": ">f4", "keyed-timestep": ">f4", "keyed-gaussian": ">f2", "keyed-modular": ">u2"}
@@ -142,10 +143,11 @@ def make_ciphertexts(
 
 
 @torch.no_grad()
-def _class_probabilities(classifier: nn.Module, latents: torch.Tensor, batch_size: int = 65536) -> torch.Tensor:
+def _class_probabilities(classifier: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     """Softmax of the public classifier over (N, d) latents, batched, on the CPU."""
     parameter = next(classifier.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
+    batch_size = inference_chunk(device)
     chunks = [torch.softmax(classifier(latents[start : start + batch_size].to(device)).float(), dim=1).cpu()
               for start in range(0, len(latents), batch_size)]
     return torch.cat(chunks)

@@ -33,6 +33,7 @@ from crypson.evaluate.attacks import (
     train_mlp,
 )
 from crypson.evaluate.metrics import psnr_per_image
+from crypson.inference import inference_chunk
 
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; 100 dB stands for "exact"
 
@@ -116,8 +117,9 @@ def learned_latent_inversion(
 
 
 @torch.no_grad()
-def _decode(decoder: nn.Module, latents: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+def _decode(decoder: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     device = next(decoder.parameters()).device
+    batch_size = inference_chunk(device)
     return torch.cat([decoder(latents[s : s + batch_size].to(device)).float().cpu()
                       for s in range(0, len(latents), batch_size)])
 
