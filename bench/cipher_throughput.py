@@ -102,7 +102,7 @@ def main() -> None:
     max_draws = args.max_draws or (config.cipher.max_draws if args.models else 1)
     key, scheme = generate_key(), get_scheme(args.scheme, models.vae.latent_dim)
     if max_draws == 1:  # misreads are expected there; the codec would warn on every call
-        logging.getLogger("crypson.cipher").setLevel(logging.ERROR)
+        logging.getLogger("crypson.cipher.codec").setLevel(logging.ERROR)
     alphabet = "".join(models.classes) + " "
     print(f"device={device} sizes={args.sizes if not args.models else args.models} scheme={args.scheme} "
           f"max_draws={max_draws} threads={torch.get_num_threads()}")

@@ -6,7 +6,6 @@ command-line argument, which any user could read in `ps`.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -107,10 +106,6 @@ def encrypt(
     """Encrypt text: one ciphertext per message (JSON lines, or --binary)."""
     from crypson.cipher.codec import encrypt as encrypt_texts
     from crypson.cipher.masks import get_scheme
-
-    # The sender's-check warning must reach stderr even when a library (alembic, through MLflow's
-    # store) has raised the root logger's level.
-    logging.getLogger("crypson.cipher").setLevel(logging.WARNING)
 
     try:
         config = _config(params)

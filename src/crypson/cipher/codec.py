@@ -39,6 +39,9 @@ SIGMA_KEY, RANGE_KEY = "mask.gaussian_sigma", "mask.modular_range"
 DEFAULT_MAX_DRAWS = 64
 
 log = logging.getLogger(__name__)
+# Its one warning (characters sent misread) must reach stderr or the server's log even where a library
+# has raised the root logger's level (alembic does, under MLflow's SQL stores).
+log.setLevel(logging.WARNING)
 
 
 class ModelMismatchError(ValueError):

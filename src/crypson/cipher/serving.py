@@ -14,7 +14,6 @@ envelope>"}; each response row holds "ciphertext" or "text", or "error" for a ro
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 from pathlib import Path
@@ -46,7 +45,6 @@ class CipherService(mlflow.pyfunc.PythonModel):
                                    tuple(manifest["classes"]), manifest["versions"])
         self.scheme = get_scheme(manifest["scheme"], self.models.vae.latent_dim, **manifest["scheme_settings"])
         self.max_draws = int(manifest.get("max_draws", 1))  # bundles from before the sender's check: none
-        logging.getLogger("crypson.cipher").setLevel(logging.WARNING)  # misread counts reach the server's log
         self.key = key_from_env(os.environ)  # fails the server's start, loudly, when unset
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> list[dict]:
