@@ -37,6 +37,8 @@ from crypson.evaluate.inversion import (
 )
 from crypson.evaluate.report import EndToEnd, SenderCheck, attacks_markdown, security_quality_markdown
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NUM_CLASSES, DIM = 4, 8
 CHANCE = 1.0 / NUM_CLASSES
 CENTROIDS = 3.0 * torch.eye(NUM_CLASSES, DIM)  # (K, d), 4.2 apart
@@ -62,15 +64,6 @@ def _receiver() -> nn.Module:
 
 def _accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
     return float((predicted == labels).float().mean())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks train ~10x faster on one thread than with two threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

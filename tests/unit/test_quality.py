@@ -22,6 +22,8 @@ from crypson.evaluate.quality import (
     train_reference_classifier,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SCHEMES = ("report", "keyed-timestep", "keyed-gaussian", "keyed-modular")
 
 
@@ -34,15 +36,6 @@ class Identity(nn.Module):
 
     def forward(self, samples: torch.Tensor) -> torch.Tensor:
         return samples
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks train faster on one thread on a busy 2-core machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def closed_form(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np.ndarray) -> float:
