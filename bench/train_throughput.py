@@ -25,8 +25,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from crypson import artifacts
 from crypson.config import load_config
-from crypson.models.classifier import LatentClassifier
-from crypson.models.vae import VAE
 from crypson.train.cgan import CganTask
 from crypson.train.classifier import ClassifierTask
 from crypson.train.loop import InMemoryBatches, LoopSettings, fit, resolve_device
@@ -43,22 +41,19 @@ def make_task(name: str, config, device: torch.device, rows: int):
     labels = torch.randint(0, CLASSES, (rows,))
     if name == "cgan":
         c = config.cgan
-        generator = artifacts.build("generator", {"num_classes": CLASSES, "noise_dim": c.noise_dim,
-                                                  "width": c.generator_width, "conditioning": c.conditioning,
-                                                  "label_dim": c.label_dim})
-        discriminator = artifacts.build("discriminator", {"num_classes": CLASSES, "embed_dim": c.discriminator_embed_dim,
-                                                          "hidden": c.discriminator_hidden})
-        task = CganTask(generator.to(device), discriminator.to(device), c.lr, c.betas)
+        generator = artifacts.build("generator", artifacts.hparams_from_config("generator", config, CLASSES))
+        discriminator = artifacts.build("discriminator", artifacts.hparams_from_config("discriminator", config, CLASSES))
+        task = CganTask(generator.to(device), discriminator.to(device), c.lr, c.betas, c.loss, c.aux_weight,
+                        c.ema_decay, c.class_margin)
         return task, (images, labels), c.batch_size
     if name == "vae":
         c = config.vae
-        vae = VAE(c.latent_dim, c.channels).to(device)
-        return VaeTask(vae, c.lr, c.betas, c.recon_weight, c.kl_weight, images[:c.batch_size], c.batch_size), \
-            (images,), c.batch_size
+        vae = artifacts.build("vae", artifacts.hparams_from_config("vae", config, CLASSES)).to(device)
+        return VaeTask(vae, c.lr, c.betas, c.recon_weight, c.kl_weight, images[:c.batch_size], c.batch_size,
+                       c.class_weight, labels[:c.batch_size]), (images, labels), c.batch_size
     c = config.classifier
-    vae = VAE(config.vae.latent_dim, config.vae.channels).to(device)
     latents = torch.randn(rows, config.vae.latent_dim)
-    classifier = LatentClassifier(vae.decoder, CLASSES, c.hidden, c.dropout).to(device)
+    classifier = artifacts.build("classifier", artifacts.hparams_from_config("classifier", config, CLASSES)).to(device)
     task = ClassifierTask(classifier, c.lr, c.betas, {"real": (latents[:c.batch_size], labels[:c.batch_size])},
                           c.batch_size)
     return task, (latents, torch.zeros_like(latents) - 4, labels), c.batch_size

@@ -14,24 +14,50 @@ import torch
 from torch import nn
 
 from crypson.io import atomic_write_bytes
-from crypson.models.cgan import Discriminator, Generator
+from crypson.models.cgan import ConvDiscriminator, Discriminator, Generator
 from crypson.models.classifier import LatentClassifier
 from crypson.models.vae import VAE, Decoder
 
 FORMAT = 1
 
 
+def hparams_from_config(kind: str, config: Any, num_classes: int) -> dict[str, Any]:
+    """The hyper-parameters of a model `kind` as the pipeline's config (crypson.config.Config) sets them:
+    the one place where params.yaml turns into constructor arguments (stages and benches alike)."""
+    c, v = config.cgan, config.vae
+    if kind == "generator":
+        return {"num_classes": num_classes, "noise_dim": c.noise_dim, "width": c.generator_width,
+                "conditioning": c.conditioning, "label_dim": c.label_dim, "truncation": c.truncation}
+    if kind == "discriminator" and c.discriminator == "conv":
+        return {"num_classes": num_classes, "architecture": "conv", "width": c.discriminator_width,
+                "temperature": c.class_temperature}
+    if kind == "discriminator":
+        return {"num_classes": num_classes, "architecture": "mlp", "embed_dim": c.discriminator_embed_dim,
+                "hidden": list(c.discriminator_hidden)}
+    if kind == "vae":
+        return {"latent_dim": v.latent_dim, "channels": list(v.channels), "decoder_output": v.decoder_output,
+                "num_classes": num_classes if v.class_weight > 0 else 0}
+    if kind == "classifier":
+        return {"latent_dim": v.latent_dim, "channels": list(v.channels), "decoder_output": v.decoder_output,
+                "num_classes": num_classes, "hidden": config.classifier.hidden, "dropout": config.classifier.dropout}
+    raise ValueError(f"unknown model kind {kind!r}; allowed: generator, discriminator, vae, classifier")
+
+
 def build(kind: str, hparams: dict[str, Any]) -> nn.Module:
     """A fresh module of `kind` from its hyper-parameters."""
     if kind == "generator":
         return Generator(hparams["num_classes"], hparams["noise_dim"], hparams["width"],
-                         hparams.get("conditioning", "multiply"), hparams.get("label_dim", 16))
+                         hparams.get("conditioning", "multiply"), hparams.get("label_dim", 16),
+                         hparams.get("truncation"))
     if kind == "discriminator":
+        if hparams.get("architecture", "mlp") == "conv":
+            return ConvDiscriminator(hparams["num_classes"], hparams["width"], hparams["temperature"])
         return Discriminator(hparams["num_classes"], 32, hparams["embed_dim"], tuple(hparams["hidden"]))
     if kind == "vae":
-        return VAE(hparams["latent_dim"], tuple(hparams["channels"]))
+        return VAE(hparams["latent_dim"], tuple(hparams["channels"]), hparams.get("decoder_output", "report"),
+                   hparams.get("num_classes", 0))
     if kind == "classifier":
-        decoder = Decoder(hparams["latent_dim"], tuple(hparams["channels"]))
+        decoder = Decoder(hparams["latent_dim"], tuple(hparams["channels"]), hparams.get("decoder_output", "report"))
         return LatentClassifier(decoder, hparams["num_classes"], hparams["hidden"], hparams["dropout"])
     raise ValueError(f"unknown model kind {kind!r}; allowed: generator, discriminator, vae, classifier")
 

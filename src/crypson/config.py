@@ -27,14 +27,25 @@ class _Section(BaseModel):
 class GlyphsConfig(_Section):
     train_per_class: int = Field(300, ge=2, le=100_000)
     test_per_class: int = Field(60, ge=1, le=100_000)
-    fonts: tuple[str, ...] = ()
+    style: Literal["print", "handwriting"] = "print"  # font set: matplotlib's DejaVu | Debian's handwriting fonts
+    fonts: tuple[str, ...] = ()  # () = the style's fonts
+    centring: Literal["bbox", "mass"] = "bbox"  # bbox: EMNIST (Cohen et al. 2017); mass: MNIST (LeCun et al.)
     max_rotation_deg: float = Field(12.0, ge=0, le=45)
     max_shear: float = Field(0.25, ge=0, le=1)
-    scale_range: tuple[float, float] = (0.75, 1.05)
-    max_translate_px: float = Field(2.0, ge=0, le=6)
+    scale_range: tuple[float, float] = (0.8, 1.0)
+    max_translate_px: float = Field(0.0, ge=0, le=6)
     stroke_width_max: int = Field(2, ge=0, le=6)
     blur_sigma_max: float = Field(1.0, ge=0, le=3)
-    noise_std: float = Field(0.04, ge=0, le=0.5)
+    noise_std: float = Field(0.0, ge=0, le=0.5)
+    elastic_alpha: float = Field(34.0, ge=0, le=100)  # style handwriting: Simard et al. 2003's alpha
+    elastic_sigma: float = Field(4.0, ge=0.5, le=10)  # style handwriting: Simard et al. 2003's sigma
+
+    @model_validator(mode="after")
+    def _bbox_keeps_the_border(self) -> "GlyphsConfig":
+        if self.centring == "bbox" and self.scale_range[1] > 1.0:
+            raise ValueError(f"data.glyphs.scale_range={list(self.scale_range)}: with centring: bbox the high end "
+                             "must be <= 1.0 to keep EMNIST's 2 px border")
+        return self
 
 
 class DataConfig(_Section):
@@ -70,9 +81,24 @@ class CganConfig(_TrainConfig):
     generator_width: int = Field(64, ge=1)
     conditioning: Literal["multiply", "concat"] = "multiply"
     label_dim: int = Field(16, ge=1)  # label embedding length for conditioning: concat
-    discriminator_hidden: tuple[int, ...] = (2048, 2048, 1024, 512)
-    discriminator_embed_dim: int = Field(1024, ge=1)
+    discriminator: Literal["mlp", "conv"] = "mlp"  # mlp: the report's; conv: SN + projection + class head
+    discriminator_hidden: tuple[int, ...] = (2048, 2048, 1024, 512)  # mlp
+    discriminator_embed_dim: int = Field(1024, ge=1)  # mlp
+    discriminator_width: int = Field(32, ge=1)  # conv: channels w, 2w, 4w, 8w
+    class_temperature: float = Field(0.5, gt=0, le=10)  # conv: temperature of the normalised class head
+    loss: Literal["bce", "hinge"] = "bce"
+    aux_weight: float = Field(0.0, ge=0, le=100)  # conv: weight of the class head's cross-entropy (AC-GAN)
+    class_margin: float | None = Field(None, gt=0, lt=1)  # conv: cosine margin of that cross-entropy; null = plain
+    ema_decay: float | None = Field(None, ge=0, lt=1)  # EMA of G's weights, saved and sampled; null = none
+    truncation: float | None = Field(None, gt=0, le=10)  # sample noise from N(0, 1) cut at +-t; null = none
     samples_per_class: int = Field(8, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _class_head_needs_conv(self) -> "CganConfig":
+        if self.aux_weight > 0 and self.discriminator != "conv":
+            raise ValueError(f"cgan.aux_weight={self.aux_weight} needs cgan.discriminator: conv (the mlp "
+                             "discriminator has no class head), got discriminator: mlp")
+        return self
 
 
 class VaeConfig(_TrainConfig):
@@ -80,6 +106,8 @@ class VaeConfig(_TrainConfig):
     channels: tuple[int, int, int, int] = (32, 64, 128, 256)
     recon_weight: float = Field(1.0, gt=0)
     kl_weight: float = Field(0.7, ge=0)
+    decoder_output: Literal["report", "direct"] = "report"  # report: through 1 BN+ReLU channel; direct: ConvT -> sigmoid
+    class_weight: float = Field(0.0, ge=0, le=1000)  # cross-entropy of a class head on the latent mean; 0 = none
 
 
 class ClassifierConfig(_TrainConfig):
@@ -91,7 +119,9 @@ class ClassifierConfig(_TrainConfig):
 class EvaluateConfig(_Section):
     generated_per_class: int = Field(50, ge=1, le=10_000)
     batch_size: int = Field(512, ge=1)
-    reference_epochs: int = Field(3, ge=1, le=1000)  # the independent judge CNN (class consistency, Frechet distance)
+    reference_epochs: int = Field(6, ge=1, le=1000)  # the independent judge CNN (class consistency, Frechet distance)
+    # class consistency is also reported at these truncation bounds of the cGAN's noise (null = none)
+    truncation_levels: tuple[Annotated[float, Field(gt=0, le=10)] | None, ...] = (None, 2.0, 1.0, 0.5)
     grid_per_class: int = Field(8, ge=1, le=64)  # cGAN images per class in the report's sample grid
     tsne_points: int = Field(800, ge=10, le=100_000)  # latents in the t-SNE plot (a seeded subsample)
 
@@ -120,7 +150,8 @@ class CipherConfig(_Section):
     gaussian_sigma: float = Field(4.0, gt=0, le=1000)
     modular_range: float = Field(6.0, gt=0, le=1000)
     models: str = Field("champion", min_length=1)  # registry alias, or a folder holding models/
-    max_draws: int = Field(64, ge=1, le=4096)  # cGAN images per character until the classifier reads it back
+    # cGAN images drawn for every character; the sender sends the one its classifier reads back best
+    candidates: int = Field(4, ge=1, le=64, strict=True)
 
 
 class TrackingConfig(_Section):

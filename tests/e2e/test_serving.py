@@ -33,7 +33,8 @@ def post(port: int, records: list[dict]) -> list[dict]:
 @pytest.fixture
 def served(pipeline, tmp_path):
     repo, _ = pipeline
-    registered = run(["crypson", "serve-register", "--models", "champion"], repo)
+    # The tiny models are barely trained: almost every character is misread under every candidate.
+    registered = run(["crypson", "serve-register", "--models", "champion", "--allow-misread"], repo)
     assert "registered crypson-cipher" in registered.stdout
     key = os.urandom(32)
     port = free_port()

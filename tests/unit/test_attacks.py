@@ -35,7 +35,15 @@ from crypson.evaluate.inversion import (
     nonce_reuse_suite,
     score_images,
 )
-from crypson.evaluate.report import EndToEnd, SenderCheck, attacks_markdown, security_quality_markdown
+from crypson.evaluate.report import (
+    EndToEnd,
+    SenderCheck,
+    attacks_markdown,
+    candidates_needed,
+    class_error_bounds,
+    misread_chance,
+    security_quality_markdown,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -258,7 +266,7 @@ def test_nonce_reuse_breaks_keyed_schemes_and_fresh_nonces_do_not(data):
 def test_the_cipher_api_takes_no_nonce_from_its_caller():
     assert "nonce" not in inspect.signature(encrypt).parameters
     assert [name for name in inspect.signature(encrypt).parameters] == ["models", "texts", "key", "scheme",
-                                                                         "replace", "max_draws"]
+                                                                         "replace", "candidates", "allow_misread"]
 
 
 def test_security_quality_report_shows_the_numbers(data):
@@ -270,10 +278,31 @@ def test_security_quality_report_shows_the_numbers(data):
                          torch.full((4, 1, 32, 32), 0.6))
     markdown = security_quality_markdown(
         "keyed-modular", {"class_consistency": 0.4321, "frechet_distance": 12.345}, [result], [image], [reuse],
-        [0.0, 0.5], {"keyed-modular": [0.9, 0.777]}, [EndToEnd("keyed-modular", 0.0625, 16, [("AB", "AB")])],
-        api_takes_nonce=False, sender=SenderCheck(48, 2.345, 0.0125))
-    for expected in ("0.432", "12.35", "| linear-probe | 0.260 (0.240-0.280)", "0.777", "0.062", "| yes | 0.800",
-                     "20.00", "take no nonce", "## Quality", "### Nonce reuse", "(configured)",
-                     "up to 48 images", "2.35 images per character", "1.25% still misread"):
+        [0.0, 0.5], {"keyed-modular": [0.9, 0.777]}, [EndToEnd("keyed-modular", 0.0625, 16, 1, [("AB", "AB")])],
+        api_takes_nonce=False, sender=SenderCheck(4, ("A", "B"), (200, 2000), (200, 2000), 0.0125))
+    for expected in ("0.432", "12.35", "| linear-probe | 0.260 (0.240-0.280)", "0.777", "| 0.062 | 1 | 16 |",
+                     "| yes | 0.800", "20.00", "take no nonce", "## Quality", "### Nonce reuse", "(configured)",
+                     "k = 4 candidate images", "(550 characters, 2200 candidates) 1.25% had no candidate",
+                     # class A, 200 of 200 read back: q = z^2 / (n + z^2) = 3.8416 / 203.8416 = 0.018846
+                     "| A | 200/200 | 1.0000 | 0.0188 | 1.3e-07 |", "Worst class 'A': q = 0.0188, q^4 = 1.3e-07",
+                     "needs k >= 4", "the configured k = 4 meets it"):
         assert expected in markdown, expected
+    assert markdown.index("| A | 200/200") < markdown.index("| B | 2000/2000")  # worst class first
+    short = security_quality_markdown("keyed-modular", {}, [result], [image], [reuse], [0.0], {"keyed-modular": [0.9]},
+                                      [], api_takes_nonce=False, sender=SenderCheck(2, ("A",), (200,), (200,), 0.0))
+    assert "q^2 = 3.6e-04" in short and "needs k >= 4" in short and "the configured k = 2 does NOT meet it" in short
     assert "## keyed-modular" in attacks_markdown([result], "keyed-modular")
+
+
+def test_misread_calculation_against_hand_computed_cases():
+    # single-image accuracy 0.9: four candidates all misread with chance 0.1^4 = 1e-4; 1e-6 needs six
+    assert misread_chance(1 - 0.9, 4) == pytest.approx(1e-4)
+    assert candidates_needed(1 - 0.9) == 6 and candidates_needed(1 - 0.9, 1e-4) == 4
+    assert candidates_needed(0.5) == 20  # 0.5^19 = 1.9e-6, 0.5^20 = 9.5e-7
+    assert candidates_needed(0.0) == 1 and candidates_needed(1.0) is None
+    # Wilson 95% upper bound of the error: 0 errors in n gives z^2 / (n + z^2); 50 of 50 still needs k = 6
+    perfect, = class_error_bounds((50,), (50,))
+    assert perfect == pytest.approx(3.8416 / 53.8416, rel=1e-6)
+    assert candidates_needed(perfect) == 6 and misread_chance(perfect, 4) == pytest.approx(2.5915e-5, rel=1e-3)
+    with pytest.raises(ValueError, match="error_rate"):
+        candidates_needed(1.5)

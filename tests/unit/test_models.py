@@ -94,3 +94,18 @@ def test_both_conditionings():
         assert images.shape == (2, 1, 32, 32) and not torch.allclose(images[0], images[1])
     with pytest.raises(ValueError, match="unknown conditioning 'add'.*multiply, concat"):
         Generator(num_classes=4, conditioning="add")
+
+
+def test_vae_direct_output_stage_and_class_head():
+    vae = VAE(latent_dim=8, decoder_output="direct", num_classes=5).eval()
+    reconstruction, mu, _ = vae(torch.rand(3, 1, 32, 32))
+    assert reconstruction.shape == (3, 1, 32, 32) and 0 <= reconstruction.min() and reconstruction.max() <= 1
+    assert vae.class_head(mu).shape == (3, 5)
+    # No BatchNorm or ReLU on the image: the last upsampling layer is a bare transposed conv to 1 channel.
+    last = vae.decoder.upsample[-1]
+    assert isinstance(last, torch.nn.ConvTranspose2d) and last.out_channels == 1
+    report = VAE(latent_dim=8)
+    assert report.class_head is None
+    assert isinstance(report.decoder.upsample[-1][1], torch.nn.BatchNorm2d)  # the report's 1-channel BN + ReLU
+    with pytest.raises(ValueError, match="unknown decoder_output 'linear'; allowed: report, direct"):
+        VAE(decoder_output="linear")

@@ -91,10 +91,10 @@ def _two_class_images(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
 
 def test_reference_classifier_learns_a_separable_set_and_is_seeded():
     images, labels = _two_class_images(256, seed=0)
-    model = train_reference_classifier(images, labels, num_classes=2, epochs=2, seed=3)
+    model = train_reference_classifier(images, labels, num_classes=2, epochs=2, seed=3, batch_size=32)
     test_images, test_labels = _two_class_images(64, seed=1)
     assert float((predict(model, test_images) == test_labels).float().mean()) == 1.0
-    again = train_reference_classifier(images, labels, num_classes=2, epochs=2, seed=3)
+    again = train_reference_classifier(images, labels, num_classes=2, epochs=2, seed=3, batch_size=32)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     assert model.features(test_images).shape == (64, model.num_features)
     # the two classes are far apart in its feature space, a class with itself is not

@@ -100,6 +100,9 @@ def encrypt(
     replace: Annotated[str | None, typer.Option(help="put this character in place of unsupported ones")] = None,
     insecure_baseline: Annotated[bool, typer.Option(
         "--insecure-baseline", help="allow the report's public-mask scheme, which anyone can decrypt")] = False,
+    allow_misread: Annotated[bool, typer.Option(
+        "--allow-misread", help="send characters the receiver's classifier would misread under every candidate "
+                                "(a warning gives their count); otherwise nothing is sent")] = False,
     models: ModelsOption = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
@@ -121,7 +124,7 @@ def encrypt(
         loaded = _models(models or config.cipher.models, "cpu")
         mask = get_scheme(scheme_name, loaded.vae.latent_dim, gaussian_sigma=config.cipher.gaussian_sigma,
                           modular_range=config.cipher.modular_range)
-        envelopes = encrypt_texts(loaded, messages, key, mask, replace, config.cipher.max_draws)
+        envelopes = encrypt_texts(loaded, messages, key, mask, replace, config.cipher.candidates, allow_misread)
     except (ConfigError, AlphabetError, LookupError, OSError, ValueError) as error:
         _fail(str(error))
     payload = to_bytes(envelopes[0]) if binary else "".join(to_json(e) + "\n" for e in envelopes).encode()
@@ -176,6 +179,9 @@ def _save_handwriting(path: Path, rows: list) -> None:
 def serve_register(
     alias: Annotated[str, typer.Option("--models", help="registry alias whose versions to bundle")] = "champion",
     params: ParamsOption = Path("params.yaml"),
+    allow_misread: Annotated[bool, typer.Option(
+        "--allow-misread", help="the served encrypt sends characters that no candidate reads back (with a "
+        "warning in the server's log) instead of answering an error row")] = False,
 ) -> None:
     """Register `crypson-cipher` (encrypt/decrypt over `mlflow models serve`) bundling the aliased models."""
     from crypson import tracking
@@ -188,7 +194,7 @@ def serve_register(
         settings = {"gaussian_sigma": config.cipher.gaussian_sigma, "modular_range": config.cipher.modular_range}
         if config.cipher.scheme == "report":
             raise ValueError("refusing to serve the insecure 'report' baseline scheme")
-        version = register_service(alias, config.cipher.scheme, settings, config.cipher.max_draws)
+        version = register_service(alias, config.cipher.scheme, settings, config.cipher.candidates, allow_misread)
     except (ConfigError, LookupError, ValueError) as error:
         _fail(str(error))
     typer.echo(f"registered {SERVED_NAME} v{version} (alias {alias}); serve it with:\n"

@@ -1,12 +1,14 @@
 """Text <-> handwriting <-> latents <-> authenticated ciphertexts, batched.
 
-Encrypt: every character of every message goes through the cGAN (a fresh image) and the VAE
-encoder (its posterior mean) in one batched forward pass. The sender then checks what the receiver
-will read (its copy of the classifier, on the latents as the mask scheme delivers them) and draws a
-fresh image for each character that would be misread, in batched rounds, up to `max_draws` images a
-character. Each message then gets a fresh nonce, its own HKDF subkeys, its mask, its encrypted space
-flags and an HMAC tag. Decrypt checks the tag before anything else, removes the mask, and classifies
-all latents in one pass.
+Encrypt: every character of every message gets the same fixed number k of candidate images
+(`candidates`) from the cGAN, encoded by the VAE (posterior means), in one batched pass. The sender
+reads each candidate back with its copy of the receiver's classifier, on the latent as the mask
+scheme delivers it, and keeps the one read correctly with the largest margin. The networks see N * k
+inputs for N characters whatever the letters, so encryption time shows the length only (redrawing
+just the misread characters, in rounds, would show the letters). A message with a character that
+no candidate reads back is refused unless misreads are allowed. Each message then gets a fresh
+nonce, its own HKDF subkeys, its mask, its encrypted space flags and an HMAC tag. Decrypt checks
+the tag before anything else, removes the mask, and classifies all latents in one pass.
 
 What protects the text is the keyed mask and the tag (standard primitives from `cryptography`);
 the networks only turn characters into latents and back, with public weights.
@@ -35,17 +37,22 @@ MODEL_KINDS = ("cgan", "vae", "classifier")
 # Mask settings travel in the authenticated header next to the model versions, so a receiver
 # never unmasks with a scale other than the sender's.
 SIGMA_KEY, RANGE_KEY = "mask.gaussian_sigma", "mask.modular_range"
-# Images the sender draws at most for one character before sending one its classifier misreads.
-DEFAULT_MAX_DRAWS = 64
+# Candidate images per character; params.yaml's cipher.candidates sets it from the measured
+# single-image accuracy (the security-and-quality report shows the calculation).
+DEFAULT_CANDIDATES = 4
 
 log = logging.getLogger(__name__)
-# Its one warning (characters sent misread) must reach stderr or the server's log even where a library
+# Its one warning (characters sent misread, when allowed) must reach stderr or the server's log even where a library
 # has raised the root logger's level (alembic does, under MLflow's SQL stores).
 log.setLevel(logging.WARNING)
 
 
 class ModelMismatchError(ValueError):
     """The ciphertext was made with other models than the ones loaded to decrypt it."""
+
+
+class MisreadError(ValueError):
+    """Some characters have no candidate the receiver's classifier reads correctly; nothing is sent."""
 
 
 @dataclass
@@ -76,12 +83,17 @@ class Decrypted:
 
 
 @dataclass(frozen=True)
-class Drawn:
-    """The sender's latents and what its check found."""
+class Checked:
+    """The sender's chosen latents and what its check found, for N characters of k candidates each."""
 
-    latents: torch.Tensor  # (N, d) float32, CPU
-    draws: torch.Tensor  # (N,) int64: images drawn for each character, 1..max_draws
-    read_back: torch.Tensor  # (N,) bool: the receiver's classifier names the character
+    latents: torch.Tensor  # (N, d) float32, CPU: each character's candidate with the largest margin
+    margin: torch.Tensor  # (N,) float32: that candidate's margin (> 0: the receiver reads it correctly)
+    candidate_read: torch.Tensor  # (N, k) bool: each candidate read correctly on its own
+
+    @property
+    def read_back(self) -> torch.Tensor:
+        """(N,) bool: the chosen candidate is read correctly (some candidate is)."""
+        return self.margin > 0
 
 
 def fresh_noise_source(models: CipherModels) -> torch.Generator:
@@ -109,69 +121,75 @@ def encode_characters(models: CipherModels, class_index: torch.Tensor, batch_siz
 
 
 @torch.no_grad()
+def receiver_logits(models: CipherModels, latents: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """latents (N, d) -> the receiver's classifier logits (N, K), on CPU."""
+    batch_size = batch_size or inference_chunk(models.device)
+    logits = [models.classifier(latents[s : s + batch_size].to(models.device)).float().cpu()
+              for s in range(0, len(latents), batch_size)]
+    return torch.cat(logits) if logits else torch.zeros(0, len(models.classes))
+
+
 def classify_latents(models: CipherModels, latents: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """latents (N, d) -> class indices (N,), on CPU."""
-    batch_size = batch_size or inference_chunk(models.device)
-    predicted = [models.classifier(latents[s : s + batch_size].to(models.device)).argmax(1).cpu()
-                 for s in range(0, len(latents), batch_size)]
-    return torch.cat(predicted) if predicted else torch.zeros(0, dtype=torch.long)
+    return receiver_logits(models, latents, batch_size).argmax(1)
 
 
-def draw_until_read(encode: Callable[[torch.Tensor], torch.Tensor], classify: Callable[[torch.Tensor], torch.Tensor],
-                    class_index: torch.Tensor, max_draws: int, min_batch: int = 32) -> Drawn:
-    """Draw a latent for every character; redraw those `classify` misreads, up to `max_draws` each.
+def check_candidates(candidates: object) -> int:
+    """`candidates` itself when it is an int >= 1; a ValueError naming it otherwise."""
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+        raise ValueError(f"candidates must be an int >= 1, got {candidates!r}")
+    return candidates
 
-    Each round re-draws all still-misread characters in one batch. When few are left, each gets
-    several candidates in the same batch (enough to fill `min_batch`, within its remaining draws) and
-    keeps the first one read correctly, so a few hard characters do not cost many tiny rounds. A
-    character still misread after `max_draws` images keeps its last one (`read_back` is False there).
 
-    Args:
-        encode: class indices (M,) -> latents (M, d) of fresh images (new noise on every call).
-        classify: latents (M, d) -> class indices (M,), as the receiver will read them.
-        class_index: (N,) int64 classes to draw.
-        max_draws: images per character at most, >= 1 (1: no redraw, the networks' raw path).
-        min_batch: images per round below which the remaining characters get several candidates.
-    Returns:
-        Drawn; `draws` counts the images up to the one kept (candidates after it are not counted).
+def true_class_margin(logits: torch.Tensor, class_index: torch.Tensor) -> torch.Tensor:
+    """logits (M, K), classes (M,) -> (M,): the true class's logit minus the largest other logit.
+
+    Positive exactly when the classifier names the true class (ties count as misread).
     """
-    if isinstance(max_draws, bool) or not isinstance(max_draws, int) or max_draws < 1:
-        raise ValueError(f"max_draws must be an int >= 1, got {max_draws!r}")
-    latents = encode(class_index)
-    draws = torch.ones(len(class_index), dtype=torch.int64)
-    pending = torch.nonzero(classify(latents) != class_index).flatten()
-    used = 1
-    while len(pending) and used < max_draws:
-        count = len(pending)
-        per_character = min(max(1, min_batch // count), max_draws - used)
-        wanted = class_index[pending].repeat_interleave(per_character)  # (count * per_character,)
-        candidates = encode(wanted)
-        read = (classify(candidates) == wanted).view(count, per_character)
-        found = read.any(1)
-        first = read.int().argmax(1)  # the first candidate read correctly (0 when none is)
-        kept = torch.where(found, first, per_character - 1)
-        latents[pending] = candidates.view(count, per_character, -1)[torch.arange(count), kept]
-        draws[pending] += kept + 1
-        used += per_character
-        pending = pending[~found]
-    read_back = torch.ones(len(class_index), dtype=torch.bool)
-    read_back[pending] = False
-    return Drawn(latents, draws, read_back)
+    column = class_index.long()[:, None]  # (M, 1)
+    others = logits.scatter(1, column, float("-inf"))  # (M, K), the true class left out
+    return logits.gather(1, column).squeeze(1) - others.amax(1)
 
 
-def draw_latents(models: CipherModels, class_index: torch.Tensor, max_draws: int = DEFAULT_MAX_DRAWS,
-                 received: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 noise_source: torch.Generator | None = None) -> Drawn:
-    """The sender's latents for these classes, checked against its copy of the receiver's classifier.
+def best_candidates(latents: torch.Tensor, logits: torch.Tensor, class_index: torch.Tensor,
+                    candidates: int) -> Checked:
+    """Keep each character's candidate with the largest margin (a correct one whenever there is one).
 
     Args:
+        latents: (N * k, d) candidates, character-major: character i's are rows i*k .. i*k + k - 1.
+        logits: (N * k, K) the receiver's classifier on those candidates, as it will receive them.
+        class_index: (N,) int64 classes of the characters.
+        candidates: k.
+    Returns:
+        Checked for the N characters.
+    """
+    count = len(class_index)
+    margin = true_class_margin(logits, class_index.repeat_interleave(candidates)).view(count, candidates)
+    best = margin.argmax(1)  # (N,)
+    rows = torch.arange(count)
+    chosen = latents.view(count, candidates, latents.shape[-1])[rows, best]  # (N, d)
+    return Checked(chosen, margin[rows, best], margin > 0)
+
+
+def draw_candidates(models: CipherModels, class_index: torch.Tensor, candidates: int = DEFAULT_CANDIDATES,
+                    received: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    noise_source: torch.Generator | None = None) -> Checked:
+    """The sender's check, constant work: k candidate images per character, in one batched pass.
+
+    The generator, the VAE and the classifier each see exactly N * k inputs, in chunks whose sizes
+    depend on N * k only (crypson.inference), whatever the classes.
+
+    Args:
+        class_index: (N,) int64 classes to draw.
+        candidates: k, images per character, >= 1 (1: the networks' raw path, still checked).
         received: latents -> what the receiver gets back (`MaskScheme.received`); None: unchanged.
         noise_source: the cGAN's noise generator; None draws a fresh seed (the cipher's case).
     """
-    noise_source = noise_source if noise_source is not None else fresh_noise_source(models)
-    received = received if received is not None else (lambda latents: latents)
-    return draw_until_read(lambda index: encode_characters(models, index, noise_source=noise_source),
-                           lambda latents: classify_latents(models, received(latents)), class_index, max_draws)
+    candidates = check_candidates(candidates)
+    wanted = class_index.repeat_interleave(candidates)  # (N * k,), character-major
+    latents = encode_characters(models, wanted, noise_source=noise_source)  # (N * k, d)
+    logits = receiver_logits(models, received(latents) if received is not None else latents)  # (N * k, K)
+    return best_candidates(latents, logits, class_index, candidates)
 
 
 def _context(models: CipherModels, scheme: MaskScheme) -> dict[str, str]:
@@ -184,7 +202,8 @@ def _context(models: CipherModels, scheme: MaskScheme) -> dict[str, str]:
 
 
 def encrypt(models: CipherModels, texts: list[str], key: SecretKey, scheme: MaskScheme,
-            replace: str | None = None, max_draws: int = DEFAULT_MAX_DRAWS) -> list[Envelope]:
+            replace: str | None = None, candidates: int = DEFAULT_CANDIDATES,
+            allow_misread: bool = False) -> list[Envelope]:
     """Encrypt each text into its own envelope (fresh nonce each).
 
     Args:
@@ -193,9 +212,13 @@ def encrypt(models: CipherModels, texts: list[str], key: SecretKey, scheme: Mask
         key: the shared secret key.
         scheme: the mask scheme.
         replace: alphabet character to substitute for unsupported ones; None refuses them.
-        max_draws: cGAN images drawn at most for one character until the receiver's classifier
-            reads it back (1: no check). A character still misread is sent anyway, with a warning
-            that gives the count only (never the text).
+        candidates: cGAN images drawn for every character; the one the receiver's classifier reads
+            back with the largest margin is sent (`draw_candidates`).
+        allow_misread: send a character that no candidate reads back (its largest-margin candidate),
+            with a warning that gives the count only; False refuses the whole call.
+    Raises:
+        MisreadError: a character has no candidate read back, and misreads are not allowed. The
+            message gives the count, never the text.
     """
     encoded = [models.alphabet.encode(text, replace) for text in texts]
     class_index = np.concatenate([e.class_index for e in encoded]) if encoded else np.zeros(0, np.int64)
@@ -203,13 +226,16 @@ def encrypt(models: CipherModels, texts: list[str], key: SecretKey, scheme: Mask
     # A space's slot carries a random decoy character: its latent looks like any other, and only
     # the encrypted flag says it is a space.
     class_index[spaces] = np.random.default_rng(secrets.randbits(128)).integers(0, len(models.classes), spaces.sum())
-    drawn = draw_latents(models, torch.from_numpy(class_index), max_draws, scheme.received)
-    latents = drawn.latents
-    misread = int((~drawn.read_back.numpy() & ~spaces).sum())  # a space's decoy is never read as a letter
+    checked = draw_candidates(models, torch.from_numpy(class_index), candidates, scheme.received)
+    misread = int((~checked.read_back.numpy() & ~spaces).sum())  # a space's decoy is never read as a letter
     if misread:
-        log.warning("%d of %d characters are still misread by the receiver's classifier after %d images each; "
-                    "they are sent as drawn. The models are too weak for them: retrain, or raise cipher.max_draws",
-                    misread, int((~spaces).sum()), max_draws)
+        found = (f"{misread} of {int((~spaces).sum())} characters would be misread by the receiver's classifier "
+                 f"({candidates} candidate image{'s' if candidates > 1 else ''} each)")
+        if not allow_misread:
+            raise MisreadError(f"{found}; nothing was sent. The models are too weak for them: retrain, raise "
+                               "cipher.candidates, or allow misreads (--allow-misread)")
+        log.warning("%s; they are sent misread (misreads allowed)", found)
+    latents = checked.latents
     envelopes, start = [], 0
     context = _context(models, scheme)
     for message in encoded:

@@ -8,7 +8,10 @@ registered) and nothing secret: the key is read from the serving process's envir
     CRYPSON_KEY=... mlflow models serve -m models:/crypson-cipher@champion --env-manager local
 
 Request rows: {"operation": "encrypt", "text": "..."} or {"operation": "decrypt", "ciphertext": "<JSON
-envelope>"}; each response row holds "ciphertext" or "text", or "error" for a row that failed.
+envelope>"}; each response row holds "ciphertext" or "text", or "error" for a row that failed. An
+encrypt row with a character that none of its `cipher.candidates` images reads back is such an error
+(the count of those characters, never the text): the server never sends a misread, unless the bundle
+was registered with `--allow-misread`.
 """
 
 from __future__ import annotations
@@ -44,7 +47,11 @@ class CipherService(mlflow.pyfunc.PythonModel):
         self.models = CipherModels(modules["cgan"], modules["vae"], modules["classifier"],
                                    tuple(manifest["classes"]), manifest["versions"])
         self.scheme = get_scheme(manifest["scheme"], self.models.vae.latent_dim, **manifest["scheme_settings"])
-        self.max_draws = int(manifest.get("max_draws", 1))  # bundles from before the sender's check: none
+        if "candidates" not in manifest:
+            raise ValueError("this crypson-cipher bundle predates the constant-work sender's check (its manifest "
+                             "has no 'candidates'): register it again with `crypson serve-register`")
+        self.candidates = int(manifest["candidates"])
+        self.allow_misread = bool(manifest.get("allow_misread", False))
         self.key = key_from_env(os.environ)  # fails the server's start, loudly, when unset
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> list[dict]:
@@ -74,7 +81,8 @@ class CipherService(mlflow.pyfunc.PythonModel):
                 raise ValueError(f"each {operation} row needs a string {field!r}")
             if operation == "encrypt":
                 return [{"ciphertext": to_json(e)} for e in encrypt(self.models, values, self.key, self.scheme,
-                                                                        max_draws=self.max_draws)]
+                                                                        candidates=self.candidates,
+                                                                        allow_misread=self.allow_misread)]
             envelopes = [from_json(value) for value in values]
             return [{"text": d.text} for d in decrypt(self.models, envelopes, self.key)]
 
@@ -92,10 +100,13 @@ class CipherService(mlflow.pyfunc.PythonModel):
             return results
 
 
-def register_service(alias: str, scheme: str, scheme_settings: dict[str, float], max_draws: int) -> str:
+def register_service(alias: str, scheme: str, scheme_settings: dict[str, float], candidates: int,
+                     allow_misread: bool = False) -> str:
     """Log `crypson-cipher` bundling the versions `alias` points at; register it with the same alias.
 
-    max_draws: the sender's check (`codec.encrypt`), recorded in the bundle's manifest.
+    candidates: images per character for the sender's check (`codec.encrypt`), recorded in the
+        bundle's manifest.
+    allow_misread: the served encrypt sends a character no candidate reads back instead of an error row.
 
     Returns:
         The new `crypson-cipher` version.
@@ -108,14 +119,14 @@ def register_service(alias: str, scheme: str, scheme_settings: dict[str, float],
     versions = {name: str(version) for name, version in found.items()}
     classifier = client.get_model_version(MODEL_NAMES["classifier"], versions[MODEL_NAMES["classifier"]])
     manifest = {"classes": json.loads(classifier.tags["classes"]), "versions": versions, "scheme": scheme,
-                "scheme_settings": scheme_settings, "max_draws": max_draws}
+                "scheme_settings": scheme_settings, "candidates": candidates, "allow_misread": allow_misread}
     with tempfile.TemporaryDirectory() as folder:
         manifest_path = Path(folder) / "manifest.json"
         manifest_path.write_text(json.dumps(manifest, indent=2))
         artifacts = {kind: f"models:/{name}/{versions[name]}" for kind, name in MODEL_NAMES.items()}
         with mlflow.start_run(run_name="register_cipher_service", tags={"crypson.stage": "serve"}):
             mlflow.log_params({f"bundled.{name}": version for name, version in versions.items()}
-                              | {"scheme": scheme, "max_draws": max_draws})
+                              | {"scheme": scheme, "candidates": candidates, "allow_misread": allow_misread})
             info = mlflow.pyfunc.log_model(
                 name="cipher", python_model=CipherService(),
                 artifacts={**artifacts, "manifest": str(manifest_path)},

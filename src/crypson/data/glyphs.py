@@ -1,9 +1,14 @@
 """An offline stand-in for EMNIST: font glyphs with random distortion, written in the EMNIST file format.
 
-The pipeline can then run without a download. Each image is rendered large with PIL, distorted (rotation,
-shear, scale, stroke width), fitted into a ~20x20 box and centred by mass in 28x28 as NIST did for MNIST
-(LeCun et al. 1998), then blurred and noised. Which fonts were used is part of the data's identity and goes
-into the manifest.
+The pipeline can then run without a download. Each image is rendered large with PIL and distorted like a
+writer would (rotation, shear, scale, stroke width; plus elastic distortion for handwriting fonts, Simard
+et al. 2003), then converted the way EMNIST converted NIST's scans (Cohen et al. 2017, sec. II-A and
+Fig. 1): Gaussian blur, region of interest = the character's bounding box, fitted with its aspect ratio into
+a square frame with a 2-pixel border, bicubic downsampling to 28x28, intensities scaled to [0, 255]. The
+background stays exactly 0 (no additive noise, no shift after centring). The older MNIST-like rendering
+(20 px box centred by mass, random shift, additive noise; LeCun et al. 1998) is still reachable through
+`centring="mass"`, `max_translate_px` and `noise_std`. Which fonts were used is part of the data's
+identity and goes into the manifest.
 """
 
 from __future__ import annotations
@@ -18,18 +23,36 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from fontTools.ttLib import TTFont
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFont
+from scipy.ndimage import gaussian_filter, map_coordinates
 
 from crypson.data.emnist import IMAGE_SIDE, SPLIT_CLASSES, EmnistData, write_emnist
 from crypson.io import atomic_write_bytes
 
 MANIFEST_NAME = "glyphs-manifest.json"
-_FONT_SIZE = 48  # render size in px; glyphs are later shrunk to a ~20 px box
-_CANVAS = 2 * _FONT_SIZE  # room for strokes, rotation and shear around the centred glyph
-_BOX = 20  # MNIST/EMNIST fit each glyph into a 20x20 box inside 28x28
+STYLES = ("print", "handwriting")
+CENTRINGS = ("bbox", "mass")
+_FONT_SIZE = 48  # render size in px; glyphs are later shrunk to a 20-24 px box
+_MARGIN = 2  # EMNIST pads the character's bounding box with a 2 px border in the square frame (Cohen et al.)
+_MASS_BOX = 20  # MNIST fits each digit into a 20x20 box inside 28x28 and centres it by mass (LeCun et al.)
+# Bicubic ringing and the blur's tails leave specks below 2% of the peak; they are background (EMNIST's
+# backgrounds are exactly 0).
+_FLOOR = 0.02
 _ALL_CHARS = frozenset(char for classes in SPLIT_CLASSES.values() for char in classes)
 # Lowercase letters EMNIST merges into their uppercase class (Cohen et al. 2017, balanced/bymerge).
 _MERGED = frozenset("cijklmopsuvwxyz")
+_DEBIAN_FONTS = Path("/usr/share/fonts")
+# The handwriting faces Debian ships whose cmaps cover all 62 characters (0-9, A-Z, a-z) and whose lowercase
+# letters are lowercase, by package (infra/local/apt-packages.txt installs them). Left out: fonts-bwht and
+# fonts-humor-sans, which draw a-z as small capitals (EMNIST's lowercase classes a, b, d, ... would look like
+# A, B, D, ...), and Breip.ttf of fonts-breip, an older build of breipfont.ttf (the same face drawn twice).
+HANDWRITING_FONTS = {
+    "fonts-breip": ("truetype/breip/breipfont.ttf",),
+    "fonts-comic-neue": tuple(f"opentype/comic-neue/ComicNeue-{face}.otf"
+                              for face in ("Bold", "BoldItalic", "Italic", "Light", "LightItalic", "Regular")),
+    "fonts-dkg-handwriting": tuple(f"truetype/fifthhorseman/dkg{face}.ttf" for face in ("", "BI", "Bd", "It")),
+    "fonts-femkeklaver": ("truetype/femkeklaver/femkeklaver.ttf",),
+}
 
 
 def _font_dir() -> Path:
@@ -50,17 +73,37 @@ def default_font_paths() -> list[Path]:
     return [path for path in candidates if not missing_chars(path, _ALL_CHARS)]
 
 
-def resolve_fonts(names: list[str]) -> list[Path]:
+def style_fonts(style: str) -> list[Path]:
+    """The font set of a named style, sorted by path: matplotlib's DejaVu faces or HANDWRITING_FONTS.
+
+    Raises:
+        FileNotFoundError: naming the Debian packages to install when a handwriting face is missing.
+    """
+    if style == "print":
+        return default_font_paths()
+    if style != "handwriting":
+        raise ValueError(f"unknown glyph style {style!r}; allowed: {', '.join(STYLES)}")
+    paths = {package: [_DEBIAN_FONTS / name for name in names] for package, names in HANDWRITING_FONTS.items()}
+    if missing := sorted(package for package, files in paths.items() if not all(path.is_file() for path in files)):
+        raise FileNotFoundError(
+            f"style 'handwriting' needs the Debian font packages {', '.join(missing)} (fonts under {_DEBIAN_FONTS} "
+            f"missing): run `make system-deps` or `apt-get install {' '.join(missing)}`"
+        )
+    return sorted(path for files in paths.values() for path in files)
+
+
+def resolve_fonts(names: list[str], style: str = "print") -> list[Path]:
     """Turn font names into paths.
 
     Args:
-        names: file names inside matplotlib's ttf folder or absolute paths; empty means the defaults.
+        names: file names inside matplotlib's ttf folder or absolute paths; empty means the style's fonts.
+        style: the named style whose font set `names=[]` stands for (see style_fonts).
 
     Returns:
         One existing path per name, in the given order.
     """
     if not names:
-        return default_font_paths()
+        return style_fonts(style)
     paths = []
     for name in names:
         path = Path(name) if Path(name).is_absolute() else _font_dir() / name
@@ -75,46 +118,79 @@ def resolve_fonts(names: list[str]) -> list[Path]:
 class GlyphStyle:
     """Random distortion applied to each glyph; every value is an upper bound or a range to draw from.
 
+    Sizes are in px of the 28x28 image unless said otherwise.
+
     Attributes:
         max_rotation_deg: rotation drawn from +-this, degrees.
         max_shear: horizontal shear factor drawn from +-this.
-        scale_range: (low, high) factor on the 20 px box the glyph is fitted into.
-        max_translate_px: shift of the centre of mass drawn from +-this, px in 28x28.
+        scale_range: (low, high) factor on the box the glyph's longer side is fitted to (24 px for bbox
+            centring, 20 px for mass centring).
+        max_translate_px: shift after centring drawn from +-this (EMNIST: 0).
         stroke_width_max: PIL stroke width drawn from 0..this, px at render scale (48 px font).
-        blur_sigma_max: Gaussian blur sigma drawn from 0..this, px in 28x28.
-        noise_std: std of additive Gaussian noise, in [0, 1] intensity units.
+        blur_sigma_max: Gaussian blur sigma drawn from 0..this.
+        noise_std: std of additive Gaussian noise, in [0, 1] intensity units (EMNIST: 0).
+        centring: "bbox" (EMNIST: bounding box centred with a 2 px border) or "mass" (MNIST: centre of mass
+            at the image centre).
+        elastic_alpha: scale of the elastic displacement field, Simard et al.'s alpha; 0 = none.
+        elastic_sigma: Gaussian smoothing of the elastic field, Simard et al.'s sigma.
+        name: the named style, one of STYLES (picks the default fonts, see style_fonts); recorded in the manifest.
     """
 
     max_rotation_deg: float = 12.0
     max_shear: float = 0.25
-    scale_range: tuple[float, float] = (0.75, 1.05)
-    max_translate_px: float = 2.0
+    scale_range: tuple[float, float] = (0.8, 1.0)
+    max_translate_px: float = 0.0
     stroke_width_max: int = 2
     blur_sigma_max: float = 1.0
-    noise_std: float = 0.04
+    noise_std: float = 0.0
+    centring: str = "bbox"
+    elastic_alpha: float = 0.0
+    elastic_sigma: float = 4.0
+    name: str = "print"
 
     def __post_init__(self) -> None:
         checks = {
             "max_rotation_deg": (self.max_rotation_deg, 0.0, 45.0),
             "max_shear": (self.max_shear, 0.0, 1.0),
-            "max_translate_px": (self.max_translate_px, 0.0, 4.0),
+            "max_translate_px": (self.max_translate_px, 0.0, 6.0),
             "stroke_width_max": (self.stroke_width_max, 0, 6),
             "blur_sigma_max": (self.blur_sigma_max, 0.0, 3.0),
             "noise_std": (self.noise_std, 0.0, 0.5),
+            "elastic_alpha": (self.elastic_alpha, 0.0, 100.0),
+            "elastic_sigma": (self.elastic_sigma, 0.5, 10.0),
         }
         for name, (value, low, high) in checks.items():
             if not low <= value <= high:
                 raise ValueError(f"GlyphStyle.{name}={value} must lie in [{low}, {high}]")
         if int(self.stroke_width_max) != self.stroke_width_max:
             raise ValueError(f"GlyphStyle.stroke_width_max={self.stroke_width_max} must be an integer")
+        for name, value, allowed in (("centring", self.centring, CENTRINGS), ("name", self.name, STYLES)):
+            if value not in allowed:
+                raise ValueError(f"GlyphStyle.{name}={value!r}; allowed: {', '.join(allowed)}")
         low, high = self.scale_range
         if not 0.3 <= low <= high <= 1.3:
             raise ValueError(f"GlyphStyle.scale_range={self.scale_range} must satisfy 0.3 <= low <= high <= 1.3")
+        if self.centring == "bbox" and high > 1.0:
+            raise ValueError(f"GlyphStyle.scale_range={self.scale_range}: with centring 'bbox' the high end must "
+                             f"be <= 1.0 to keep EMNIST's {_MARGIN} px border")
 
 
 @functools.lru_cache(maxsize=64)
 def _font(font_path: Path) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(font_path), _FONT_SIZE)
+
+
+def _draw(char: str, font_path: Path, stroke: int, max_shear: float) -> Image.Image:
+    """The character white on black, its ink centred on a square canvas that shear and rotation cannot overflow."""
+    font = _font(font_path)
+    left, top, right, bottom = font.getbbox(char, anchor="ls", stroke_width=stroke)
+    # A w x h box, sheared by s then rotated, stays inside the circle of diameter hypot(w, h) * (1 + s).
+    side = math.ceil(math.hypot(right - left, bottom - top) * (1 + max_shear)) + 4
+    canvas = Image.new("L", (side, side), 0)
+    origin = (side / 2 - (left + right) / 2, side / 2 - (top + bottom) / 2)
+    draw = ImageDraw.Draw(canvas)
+    draw.text(origin, char, fill=255, font=font, anchor="ls", stroke_width=stroke, stroke_fill=255)
+    return canvas
 
 
 def _distort(glyph: Image.Image, rng: np.random.Generator, style: GlyphStyle) -> Image.Image:
@@ -125,50 +201,127 @@ def _distort(glyph: Image.Image, rng: np.random.Generator, style: GlyphStyle) ->
     # Forward map M = R @ S; PIL's transform wants the inverse map output -> input.
     forward = np.array([[cos, -sin], [sin, cos]]) @ np.array([[1.0, shear], [0.0, 1.0]])
     inverse = np.linalg.inv(forward)
-    centre = np.array([_CANVAS / 2, _CANVAS / 2])
+    centre = np.array(glyph.size) / 2
     shift = centre - inverse @ centre
     coeffs = (inverse[0, 0], inverse[0, 1], shift[0], inverse[1, 0], inverse[1, 1], shift[1])
     return glyph.transform(glyph.size, Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR)
 
 
+def elastic_distort(
+    image: np.ndarray, rng: np.random.Generator, alpha: float, sigma: float, scale: float = 1.0
+) -> np.ndarray:
+    """Elastic distortion (Simard, Steinkraus & Platt 2003, sec. 2).
+
+    Each displacement component is drawn uniform in [-1, 1] per pixel of a frame `scale` times coarser than
+    the image, smoothed by a Gaussian of std `sigma` and multiplied by `alpha` (both in frame px); the image
+    is resampled bilinearly at the displaced positions. With `scale` = image px per 28x28 px, alpha and sigma
+    mean what they mean on MNIST (Simard et al.: 34 and 4).
+
+    Args:
+        image: (H, W) image; ink displaced past its edge is lost, so pad it first.
+        rng: source of the displacement field.
+        alpha: displacement scale, frame px.
+        sigma: std of the smoothing Gaussian, frame px.
+        scale: image px per frame px.
+
+    Returns:
+        (H, W) float32 image.
+    """
+    height, width = image.shape
+    coarse = (max(1, math.ceil(height / scale)), max(1, math.ceil(width / scale)))
+    noise = rng.uniform(-1.0, 1.0, size=(2, *coarse))  # (2, h, w): row and column displacement
+    # The separable Gaussian smoothing, evaluated at the image's pixel centres: two matrix products.
+    field = _gaussian_weights(height, coarse[0], sigma) @ noise @ _gaussian_weights(width, coarse[1], sigma).T
+    coordinates = np.indices((height, width), dtype=np.float64) + field * (alpha * scale)  # (2, H, W), image px
+    return map_coordinates(image.astype(np.float32), coordinates, order=1, mode="constant", cval=0.0)
+
+
+@functools.lru_cache(maxsize=1024)
+def _gaussian_weights(size_out: int, size_in: int, sigma: float) -> np.ndarray:
+    """(size_out, size_in) unit-area Gaussian of std `sigma` (input px) between output and input pixel centres."""
+    centres = (np.arange(size_out) + 0.5) * size_in / size_out - 0.5  # output pixel centres, input px
+    weights = np.exp(-0.5 * ((centres[:, None] - np.arange(size_in)) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+    weights.flags.writeable = False  # shared through the cache
+    return weights
+
+
+def _elastic_reach(alpha: float, sigma: float) -> float:
+    """How far elastic distortion moves ink, px of its frame: 4 std of the field, never more than alpha."""
+    # Uniform [-1, 1] noise has variance 1/3; a unit-sum 2-D Gaussian of std sigma divides it by 4 pi sigma^2.
+    std = alpha * math.sqrt(1 / 3) / (2 * math.sqrt(math.pi) * sigma)
+    return min(4 * std, alpha)
+
+
+def _crop(image: np.ndarray, floor: float) -> np.ndarray:
+    """The bounding box of the pixels above `floor` (the whole image when there are none)."""
+    rows, cols = np.nonzero(image > floor)
+    if rows.size == 0:
+        return image
+    return image[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+
+
+def _fit(region: np.ndarray, side: float) -> np.ndarray:
+    """EMNIST's downsampling: the longer side to `side` px keeping the aspect ratio, bicubic, peak to 255."""
+    ratio = side / max(region.shape)
+    size = (max(1, round(region.shape[1] * ratio)), max(1, round(region.shape[0] * ratio)))
+    small = Image.fromarray(region.astype(np.float32)).resize(size, Image.Resampling.BICUBIC)
+    small = np.clip(np.asarray(small), 0.0, 255.0)
+    small *= 255.0 / max(float(small.max()), 1e-6)  # Cohen et al.: intensities scaled to [0, 255]
+    small[small < _FLOOR * 255.0] = 0.0
+    return _crop(small, 0.0)
+
+
+def _place(small: np.ndarray, rng: np.random.Generator, style: GlyphStyle) -> np.ndarray:
+    """The (28, 28) frame with `small` centred by bounding box (EMNIST) or by mass (MNIST), plus any shift."""
+    height, width = small.shape
+    if style.centring == "bbox":
+        corner = np.array([IMAGE_SIDE - height, IMAGE_SIDE - width]) / 2
+    else:
+        rows, cols = np.indices(small.shape)
+        mass = max(float(small.sum()), 1e-6)
+        corner = (IMAGE_SIDE - 1) / 2 - np.array([(rows * small).sum(), (cols * small).sum()]) / mass
+    if style.max_translate_px > 0:
+        corner = corner + rng.uniform(-style.max_translate_px, style.max_translate_px, size=2)
+    top, left = (int(value) for value in np.round(corner))
+    image = np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.float32)
+    # A shifted character may stick out of the frame; its overhang is cut off.
+    rows = slice(max(top, 0), min(top + height, IMAGE_SIDE))
+    cols = slice(max(left, 0), min(left + width, IMAGE_SIDE))
+    image[rows, cols] = small[rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
+    return image
+
+
 def render_glyph(char: str, font_path: Path, rng: np.random.Generator, style: GlyphStyle) -> np.ndarray:
-    """Render one distorted character the way EMNIST shows it: white on black, upright, centred by mass.
+    """Render one distorted character the way EMNIST shows it: white on black, upright, in a 28x28 frame.
 
     Args:
         char: a single character the font covers.
-        font_path: a TrueType font file.
+        font_path: a TrueType or OpenType font file.
         rng: source of all randomness for this image.
         style: distortion bounds.
 
     Returns:
-        (28, 28) uint8 image.
+        (28, 28) uint8 image; with noise_std = 0 every pixel off the character is exactly 0.
     """
-    canvas = Image.new("L", (_CANVAS, _CANVAS), 0)
     stroke = int(rng.integers(0, style.stroke_width_max + 1))
-    centre = (_CANVAS / 2, _CANVAS / 2)
-    draw = ImageDraw.Draw(canvas)
-    draw.text(centre, char, fill=255, font=_font(font_path), anchor="mm", stroke_width=stroke, stroke_fill=255)
-    glyph = _distort(canvas, rng, style)
-    glyph = glyph.crop(glyph.getbbox() or (0, 0, _CANVAS, _CANVAS))
-    # Fit the longest side to a randomly scaled 20 px box, keeping the aspect ratio.
-    side = _BOX * rng.uniform(*style.scale_range)
-    ratio = side / max(glyph.size)
-    size = (max(1, round(glyph.width * ratio)), max(1, round(glyph.height * ratio)))
-    small = np.asarray(glyph.resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
-    # Place the centre of mass at the image centre, plus a random shift.
-    rows, cols = np.indices(small.shape)
-    mass = max(float(small.sum()), 1e-6)
-    com = np.array([(rows * small).sum(), (cols * small).sum()]) / mass
-    shift = rng.uniform(-style.max_translate_px, style.max_translate_px, size=2)
-    top, left = np.round(IMAGE_SIDE / 2 - 0.5 - com + shift).astype(int)
-    image = Image.new("L", (IMAGE_SIDE, IMAGE_SIDE), 0)
-    image.paste(Image.fromarray(np.clip(small, 0, 255).astype(np.uint8)), (int(left), int(top)))
-    sigma = rng.uniform(0.0, style.blur_sigma_max)
-    if sigma > 0.05:
-        image = image.filter(ImageFilter.GaussianBlur(radius=sigma))
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    pixels += rng.normal(0.0, style.noise_std, size=pixels.shape).astype(np.float32)
-    return np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+    glyph = _distort(_draw(char, font_path, stroke, style.max_shear), rng, style)
+    glyph = _crop(np.asarray(glyph, dtype=np.float32), 0.0)
+    box = IMAGE_SIDE - 2 * _MARGIN if style.centring == "bbox" else _MASS_BOX
+    side = box * rng.uniform(*style.scale_range)  # the character's longer side, px in 28x28
+    scale = max(glyph.shape) / side  # render px per px in 28x28
+    blur = rng.uniform(0.0, style.blur_sigma_max)
+    # Room for the blur's tails and the elastic displacement around the ink.
+    reach = 3.0 * blur + _elastic_reach(style.elastic_alpha, style.elastic_sigma)
+    glyph = np.pad(glyph, math.ceil(scale * reach) + 2)
+    if style.elastic_alpha > 0:
+        glyph = elastic_distort(glyph, rng, style.elastic_alpha, style.elastic_sigma, scale)
+    if blur > 0.05:
+        # EMNIST blurs before it cuts out the region of interest, so the region includes the soft edge.
+        glyph = gaussian_filter(glyph, blur * scale, truncate=3.0)
+    image = _place(_fit(_crop(glyph, _FLOOR * float(glyph.max())), side), rng, style)
+    if style.noise_std > 0:
+        image += rng.normal(0.0, style.noise_std * 255.0, size=image.shape).astype(np.float32)
+    return np.round(np.clip(image, 0.0, 255.0)).astype(np.uint8)
 
 
 def _variants(split: str, class_char: str) -> str:
@@ -232,7 +385,7 @@ def generate_glyphs(
         if count < 1:
             raise ValueError(f"{name}={count} must be at least 1")
     if not fonts:
-        raise ValueError("fonts is empty; pass resolve_fonts([]) for the default DejaVu faces")
+        raise ValueError("fonts is empty; pass resolve_fonts([], style.name) for the style's own fonts")
     needed = {char for class_char in SPLIT_CLASSES[split] for char in _variants(split, class_char)}
     for font in fonts:
         if missing := missing_chars(font, needed):

@@ -2,7 +2,8 @@
 
 End to end, every message goes through the real codec (`cipher.codec.encrypt` / `decrypt`): fresh
 cGAN handwriting, the VAE, the keyed mask, the authenticated envelope and back. Its errors are the
-networks' errors: the mask and the tag are exact.
+networks' errors: the mask and the tag are exact. Misreads are allowed there, not refused (this
+measures the cipher): a character the sender's check could not fix goes out and is counted.
 
 Channel noise: Gaussian noise of a given standard deviation, in latent units, is added to the
 masked numbers of each payload, which is then unmasked with the right key and classified. The
@@ -34,20 +35,23 @@ def supported_corpus(messages: tuple[str, ...] | list[str], alphabet: Alphabet) 
 
 
 def end_to_end_error_rate(models: CipherModels, messages: list[str], scheme: MaskScheme, key: SecretKey,
-                          max_draws: int) -> tuple[float, list[str], list[str]]:
+                          candidates: int) -> tuple[float, int, list[str], list[str]]:
     """Encrypt and decrypt every message through the codec; CER against the case-folded plaintext.
 
     The reference is what a perfect receiver returns: the message with each letter folded onto the
-    class the split keeps (cipher/alphabet.py), so case merging is not counted as an error.
+    class the split keeps (cipher/alphabet.py), so case merging is not counted as an error. The
+    sender may send misreads here (`allow_misread`); each is a character decoded as another class.
 
     Returns:
-        (character error rate, decoded texts, references).
+        (character error rate, characters decoded as another class, decoded texts, references).
     """
     encoded = [models.alphabet.encode(message) for message in messages]
     references = [models.alphabet.decode(e.class_index, e.is_space) for e in encoded]
-    envelopes = encrypt(models, messages, key, scheme, max_draws=max_draws)
+    envelopes = encrypt(models, messages, key, scheme, candidates=candidates, allow_misread=True)
     decoded = [result.text for result in decrypt(models, envelopes, key)]
-    return character_error_rate(decoded, references), decoded, references
+    # Length and spaces always survive (the count and the flags are exact), so errors are substitutions.
+    misread = sum(a != b for text, reference in zip(decoded, references) for a, b in zip(text, reference))
+    return character_error_rate(decoded, references), misread, decoded, references
 
 
 def add_channel_noise(scheme: MaskScheme, payload: bytes, noise: np.ndarray) -> bytes:

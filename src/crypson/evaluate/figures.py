@@ -24,7 +24,30 @@ def image_grid_png(images: torch.Tensor, columns: int) -> bytes:
     return buffer.getvalue()
 
 
-def _figure_png(figure) -> bytes:
+def class_grid_figure(images: torch.Tensor, per_class: int, classes: tuple[str, ...] | list[str], title: str = ""):
+    """A matplotlib figure of (K * per_class, 1, H, W) images in [0, 1], one row a class, the class
+    character printed at the start of its row."""
+    padding = 2
+    grid = make_grid(images.clamp(0, 1), nrow=per_class, padding=padding, pad_value=0.5)  # (3, H', W')
+    row_height = images.shape[-2] + padding
+    figure, axes = plt.subplots(figsize=(1.0 + 0.32 * per_class, 0.3 * len(classes) + 0.6))
+    axes.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    axes.set_yticks([padding + row_height * (row + 0.5) for row in range(len(classes))], list(classes), fontsize=8)
+    axes.set_xticks([])
+    axes.tick_params(length=0)
+    if title:
+        axes.set_title(title, fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def class_grid_png(images: torch.Tensor, per_class: int, classes: tuple[str, ...] | list[str], title: str = "") -> bytes:
+    """class_grid_figure as PNG bytes."""
+    return figure_png(class_grid_figure(images, per_class, classes, title))
+
+
+def figure_png(figure) -> bytes:
+    """A matplotlib figure as PNG bytes; the figure is closed."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
@@ -70,7 +93,7 @@ def embedding_png(points: np.ndarray, labels: np.ndarray, classes: tuple[str, ..
     axes.set_xticks([])
     axes.set_yticks([])
     figure.tight_layout()
-    return _figure_png(figure)
+    return figure_png(figure)
 
 
 def noise_curve_png(levels: list[float], accuracy: dict[str, list[float]], chance: float) -> bytes:
@@ -84,4 +107,4 @@ def noise_curve_png(levels: list[float], accuracy: dict[str, list[float]], chanc
     axes.set_ylim(0, 1)
     axes.legend()
     figure.tight_layout()
-    return _figure_png(figure)
+    return figure_png(figure)

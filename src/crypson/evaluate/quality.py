@@ -17,14 +17,19 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 
 class ReferenceCNN(nn.Module):
-    """A small image classifier, (B, 1, 32, 32) in [0, 1] -> (B, K) logits, with a 64-d feature layer."""
+    """A small image classifier, (B, 1, 32, 32) in [0, 1] -> (B, K) logits, with a feature layer.
 
-    def __init__(self, num_classes: int, width: int = 16, num_features: int = 64) -> None:
+    Three conv + BatchNorm (Ioffe & Szegedy 2015) + ReLU + max-pool blocks, then a linear feature
+    layer: the MNIST-style CNN of pytorch/examples, narrowed to train in well under a minute on a CPU.
+    """
+
+    def __init__(self, num_classes: int, width: int = 16, num_features: int = 128) -> None:
         super().__init__()
         self.num_features = num_features
 
         def block(in_channels: int, out_channels: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+            return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                                 nn.BatchNorm2d(out_channels), nn.ReLU(), nn.MaxPool2d(2))
 
         self.trunk = nn.Sequential(
             block(1, width),  # (B, w, 16, 16)
@@ -34,13 +39,27 @@ class ReferenceCNN(nn.Module):
             nn.Linear(16 * 4 * width, num_features),
             nn.ReLU(),  # (B, F): the feature space of the Frechet distance
         )
-        self.head = nn.Linear(num_features, num_classes)
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(num_features, num_classes))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.trunk(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(images))
+
+
+def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image moved by its own random whole-pixel offset in [-max_shift, max_shift]^2, zero-filled
+    (the translation augmentation of Simard et al. 2003, cheap enough to run every batch)."""
+    if max_shift == 0:
+        return images
+    padded = nn.functional.pad(images, (max_shift,) * 4)
+    side = images.shape[-1]
+    offsets = torch.randint(0, 2 * max_shift + 1, (len(images), 2), generator=generator)
+    rows = (offsets[:, 0, None] + torch.arange(side))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (offsets[:, 1, None] + torch.arange(side))[:, None, None, :]  # (B, 1, 1, W)
+    batch = torch.arange(len(images))[:, None, None, None]
+    return padded[batch, 0, rows, cols]  # (B, 1, H, W)
 
 
 class _FeatureView(nn.Module):
@@ -56,15 +75,18 @@ class _FeatureView(nn.Module):
 
 
 def train_reference_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int,
-                               seed: int, batch_size: int = 128, lr: float = 2e-3) -> ReferenceCNN:
-    """Train a ReferenceCNN with Adam on cross-entropy; its own seeded RNG, the caller's is untouched.
+                               seed: int, batch_size: int = 256, lr: float = 5e-3,
+                               max_shift: int = 2) -> ReferenceCNN:
+    """Train a ReferenceCNN with Adam on cross-entropy under a one-cycle schedule (Smith & Topin 2019)
+    and random shifts; its own seeded RNG, the caller's is untouched.
 
     Args:
         images: (N, 1, 32, 32) float in [0, 1], the real training split.
         labels: (N,) int64 class indices.
         num_classes: K.
         epochs: passes over the data, >= 1.
-        seed: seeds the initialisation and the shuffles.
+        seed: seeds the initialisation, the shuffles and the shifts.
+        max_shift: random translation in pixels applied to each training batch (0: none).
     Returns:
         The trained model in eval mode, on the CPU.
     """
@@ -74,17 +96,21 @@ def train_reference_classifier(images: torch.Tensor, labels: torch.Tensor, num_c
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ReferenceCNN(num_classes)
-    generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(images), generator=generator)
-        for start in range(0, len(images), batch_size):
-            batch = order[start : start + batch_size]
-            loss = nn.functional.cross_entropy(model(images[batch]), labels[batch])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
+        generator = torch.Generator().manual_seed(seed)
+        optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+        steps = epochs * -(-len(images) // batch_size)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
+        model.train()
+        for _ in range(epochs):
+            order = torch.randperm(len(images), generator=generator)
+            for start in range(0, len(images), batch_size):
+                batch = order[start : start + batch_size]
+                inputs = random_shift(images[batch], max_shift, generator)
+                loss = nn.functional.cross_entropy(model(inputs), labels[batch])
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                schedule.step()
     return model.eval()
 
 

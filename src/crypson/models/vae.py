@@ -3,6 +3,15 @@
 Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014. Sizes after the Crypson
 reference code: four stride-2 convs 32 -> 2 px, linear heads for mu and log-variance, and a
 mirrored transposed-conv decoder ending in a sigmoid.
+
+Two departures, each a parameter (the report's VAE is `decoder_output="report"`, `num_classes=0`):
+- the decoder's output stage: the reference squeezes the last upsampling through one BatchNorm +
+  ReLU channel before a 1->1 conv, so every image passes a single rectified, batch-normalised map;
+  "direct" lets the last transposed conv write the image's logits straight into the sigmoid, as the
+  DCGAN generator's output layer does (Radford et al. 2016), at the same cost;
+- an optional class head on the latent mean (a linear softmax classifier trained jointly, as in the
+  semi-supervised M2 model's classifier term, Kingma et al. 2014), so that the 8-d latent keeps the
+  class instead of spending its capacity on style alone.
 """
 
 from __future__ import annotations
@@ -45,19 +54,35 @@ class Encoder(nn.Module):
         return self.mu(features), self.logvar(features)
 
 
-class Decoder(nn.Module):
-    """latent (B, latent_dim) -> image (B, 1, 32, 32) in [0, 1]."""
+DECODER_OUTPUTS = ("report", "direct")
 
-    def __init__(self, latent_dim: int = 8, channels: tuple[int, ...] = (32, 64, 128, 256)) -> None:
+
+class Decoder(nn.Module):
+    """latent (B, latent_dim) -> image (B, 1, 32, 32) in [0, 1].
+
+    Args:
+        decoder_output: "report" (last upsampling to 1 BatchNorm + ReLU channel, then a 1->1 conv) or
+            "direct" (last upsampling straight to the image's logits, no BatchNorm or ReLU on them).
+    """
+
+    def __init__(self, latent_dim: int = 8, channels: tuple[int, ...] = (32, 64, 128, 256),
+                 decoder_output: str = "report") -> None:
         super().__init__()
+        if decoder_output not in DECODER_OUTPUTS:
+            raise ValueError(f"unknown decoder_output {decoder_output!r}; allowed: {', '.join(DECODER_OUTPUTS)}")
         self.top_channels = channels[-1]
         self.side = 32 // 2 ** len(channels)
         self.project = nn.Sequential(
             nn.Linear(latent_dim, self.top_channels * self.side * self.side), nn.ReLU(inplace=True)
         )
         widths = (*reversed(channels), 1)  # 256 -> 128 -> 64 -> 32 -> 1, as in the reference
-        self.upsample = nn.Sequential(*(_deconv_block(a, b) for a, b in zip(widths, widths[1:])))
-        self.out = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.Sigmoid())
+        blocks = [_deconv_block(a, b) for a, b in zip(widths, widths[1:])]
+        if decoder_output == "report":
+            self.upsample = nn.Sequential(*blocks)
+            self.out = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.Sigmoid())
+        else:  # the last block's transposed conv alone: (B, 1, 32, 32) logits
+            self.upsample = nn.Sequential(*blocks[:-1], blocks[-1][0])
+            self.out = nn.Sigmoid()
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         grid = self.project(latent).view(-1, self.top_channels, self.side, self.side)  # (B, 256, 2, 2)
@@ -68,15 +93,20 @@ class VAE(nn.Module):
     """Encoder + decoder with the reparameterisation trick.
 
     forward(image) returns (reconstruction, mu, logvar); `encode_mean` is the deterministic
-    encoding the cipher uses (the sender sends the posterior mean).
+    encoding the cipher uses (the sender sends the posterior mean). With `num_classes` > 0,
+    `class_head` maps the latent mean to class logits (B, K); it is a training aid only: the
+    cipher's receiver is the separate LatentClassifier.
     """
 
-    def __init__(self, latent_dim: int = 8, channels: tuple[int, ...] = (32, 64, 128, 256)) -> None:
+    def __init__(self, latent_dim: int = 8, channels: tuple[int, ...] = (32, 64, 128, 256),
+                 decoder_output: str = "report", num_classes: int = 0) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.channels = tuple(channels)
+        self.decoder_output = decoder_output
         self.encoder = Encoder(latent_dim, channels)
-        self.decoder = Decoder(latent_dim, channels)
+        self.decoder = Decoder(latent_dim, channels, decoder_output)
+        self.class_head = nn.Linear(latent_dim, num_classes) if num_classes > 0 else None
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encoder(image)

@@ -43,10 +43,13 @@ def ingest(config: Config, layout: Layout) -> Path:
                 max_rotation_deg=glyphs.max_rotation_deg, max_shear=glyphs.max_shear,
                 scale_range=tuple(glyphs.scale_range), max_translate_px=glyphs.max_translate_px,
                 stroke_width_max=glyphs.stroke_width_max, blur_sigma_max=glyphs.blur_sigma_max,
-                noise_std=glyphs.noise_std,
+                noise_std=glyphs.noise_std, centring=glyphs.centring, name=glyphs.style,
+                # Elastic distortion belongs to the handwriting style (params.yaml: "style=handwriting:").
+                elastic_alpha=glyphs.elastic_alpha if glyphs.style == "handwriting" else 0.0,
+                elastic_sigma=glyphs.elastic_sigma,
             )
             generate_glyphs(staging, data.split, glyphs.train_per_class, glyphs.test_per_class,
-                            config.seed, resolve_fonts(list(glyphs.fonts)), style)
+                            config.seed, resolve_fonts(list(glyphs.fonts), glyphs.style), style)
     return layout.raw
 
 

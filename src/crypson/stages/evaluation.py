@@ -18,8 +18,8 @@ import torch
 from crypson import artifacts, tracking
 from crypson.config import Config
 from crypson.data.prepare import load_prepared
-from crypson.evaluate import metrics
-from crypson.io import atomic_write_json
+from crypson.evaluate import figures, metrics
+from crypson.io import atomic_write_bytes, atomic_write_json
 from crypson.stages import quality
 from crypson.stages.common import Layout, write_csv
 from crypson.train.loop import derived_seed, resolve_device
@@ -78,26 +78,38 @@ def evaluate(config: Config, layout: Layout, context: tracking.TrackingContext) 
         "ssim": metrics.ssim(reconstructions, test_images),
         "chance": 1.0 / K,
         "worst_class_accuracy_real": min(a for a in per_class_real if not math.isnan(a)),
-        **quality.cgan_quality(config, data, generated, generated_labels),
     }
+    cgan_figures, consistency_per_class = quality.cgan_quality(config, data, generator, generated, generated_labels)
+    results |= cgan_figures
     results = {key: round(value, 6) for key, value in results.items()}
     per_class = {char: round(acc, 6) for char, acc in zip(classes, per_class_real)}
 
     atomic_write_json(layout.metrics("evaluate"), results)
     atomic_write_json(layout.root / "reports" / "per_class_accuracy.json", per_class)
+    consistency = {char: round(value, 6) for char, value in zip(classes, consistency_per_class)}
+    atomic_write_json(layout.root / "reports" / "class_consistency.json",
+                      {"judge_accuracy_real": results["reference_accuracy_real"], "per_class": consistency})
+    write_csv(layout.plot("class_consistency.csv"), [{"class": c, "class_consistency": v} for c, v in consistency.items()])
     for name, actual, guess in (("real", test_labels, predicted), ("generated", generated_labels, predicted_generated)):
         write_csv(layout.plot(f"confusion_{name}.csv"),
                   [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(actual.tolist(), guess.tolist())])
 
     figure_paths = quality.write_figures(config, data, generator, vae, layout.root)
+    figure = quality.class_consistency_figure(consistency_per_class, classes, results["reference_accuracy_real"])
+    figure_paths.append(quality.figures_dir(layout.root) / quality.CONSISTENCY_FIGURE)
+    atomic_write_bytes(figure_paths[-1], figures.figure_png(figure))
 
     with tracking.stage_run(context, "evaluate"):
         tracking.log_params({"evaluate.generated_per_class": config.evaluate.generated_per_class,
                              "evaluate.reference_epochs": config.evaluate.reference_epochs,
+                             "evaluate.truncation_levels": list(config.evaluate.truncation_levels),
+                             "cgan.truncation": generator.truncation,
                              "seed": config.seed, "data.version": data.manifest["data_version"]})
         mlflow.log_metrics(results)
         quality.log_figures(figure_paths)
         mlflow.log_dict(per_class, "per_class_accuracy.json")
+        mlflow.log_table({"class": list(consistency), "class_consistency": list(consistency.values())},
+                         "class_consistency.json")
         for name, confusion, accuracy in (("real", confusion_real, accuracy_real),
                                           ("generated", confusion_generated, accuracy_generated)):
             figure = _confusion_figure(confusion, classes, f"receiver path, {name} images: accuracy {accuracy:.3f}")

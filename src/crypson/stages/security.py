@@ -22,28 +22,36 @@ from crypson import artifacts, tracking
 from crypson.cipher import codec
 from crypson.cipher.envelope import SCHEMES
 from crypson.cipher.keys import KEY_BYTES, SecretKey
-from crypson.cipher.masks import get_scheme
+from crypson.cipher.masks import MaskScheme, get_scheme
 from crypson.config import Config
 from crypson.evaluate import figures
 from crypson.evaluate.attacks import advantage, run_attack_suite
 from crypson.evaluate.channel import channel_noise_accuracy, end_to_end_error_rate, supported_corpus
 from crypson.evaluate.corpus import MESSAGES
 from crypson.evaluate.inversion import image_inversion_suite, nonce_reuse_suite
-from crypson.evaluate.report import EndToEnd, SenderCheck, attacks_markdown, security_quality_markdown
+from crypson.evaluate.report import (EndToEnd, SenderCheck, attacks_markdown, class_error_bounds, misread_chance,
+                                     security_quality_markdown)
 from crypson.io import atomic_write_bytes, atomic_write_json
 from crypson.stages.common import Layout, write_csv
 from crypson.stages.quality import FIGURES, figures_dir
 from crypson.train.loop import derived_seed
 
 
-def _cipher_latents(models: codec.CipherModels, per_class: int, seed: int,
-                    max_draws: int) -> tuple[torch.Tensor, torch.Tensor, codec.Drawn]:
-    """What the cipher sends for `per_class` characters of every class: latents of cGAN images
-    that passed the sender's check (`codec.draw_latents`), from seeded noise."""
+def _cipher_latents(models: codec.CipherModels, per_class: int, seed: int, candidates: int,
+                    scheme: MaskScheme) -> tuple[torch.Tensor, torch.Tensor, codec.Checked]:
+    """What the cipher sends for `per_class` characters of every class: the latents of the cGAN images
+    the sender's check chose (`codec.draw_candidates`, under the configured scheme), from seeded noise."""
     labels = torch.arange(len(models.classes)).repeat_interleave(per_class)
     noise = torch.Generator(device=models.device).manual_seed(seed)
-    drawn = codec.draw_latents(models, labels, max_draws, noise_source=noise)
-    return drawn.latents, labels, drawn
+    checked = codec.draw_candidates(models, labels, candidates, scheme.received, noise_source=noise)
+    return checked.latents, labels, checked
+
+
+def _sender_check(classes: tuple[str, ...], labels: torch.Tensor, checked: codec.Checked) -> SenderCheck:
+    """Per class, how many single candidates the receiver read back; the characters with none."""
+    per_class = [checked.candidate_read[labels == c] for c in range(len(classes))]  # each (n_c, k)
+    return SenderCheck(checked.candidate_read.shape[1], tuple(classes), tuple(int(r.sum()) for r in per_class),
+                       tuple(r.numel() for r in per_class), float((~checked.read_back).float().mean()))
 
 
 def _finite(value: float) -> float | None:
@@ -59,8 +67,10 @@ def _end_to_end(config: Config, models: codec.CipherModels) -> list[EndToEnd]:
     results = []
     for name in SCHEMES:
         scheme = get_scheme(name, models.vae.latent_dim, config.cipher.gaussian_sigma, config.cipher.modular_range)
-        cer, decoded, references = end_to_end_error_rate(models, messages, scheme, key, config.cipher.max_draws)
-        results.append(EndToEnd(name, cer, sum(len(r) for r in references), list(zip(references, decoded))[:3]))
+        cer, misread, decoded, references = end_to_end_error_rate(models, messages, scheme, key,
+                                                                  config.cipher.candidates)
+        results.append(EndToEnd(name, cer, sum(len(r) for r in references), misread,
+                                list(zip(references, decoded))[:3]))
     return results
 
 
@@ -71,10 +81,14 @@ def attack(config: Config, layout: Layout, context: tracking.TrackingContext) ->
     vae, _ = artifacts.load_model(layout.model_dir("vae") / "vae.pt", "vae")
     classifier, _ = artifacts.load_model(layout.model_dir("classifier") / "classifier.pt", "classifier")
     models = codec.CipherModels(generator, vae, classifier, classes)
+    sent = get_scheme(cipher.scheme, vae.latent_dim, cipher.gaussian_sigma, cipher.modular_range)
     train_latents, train_labels, _ = _cipher_latents(models, settings.train_per_class,
-                                                     derived_seed(config.seed, "attack-train"), cipher.max_draws)
-    test_latents, test_labels, drawn = _cipher_latents(models, settings.test_per_class,
-                                                       derived_seed(config.seed, "attack-test"), cipher.max_draws)
+                                                     derived_seed(config.seed, "attack-train"), cipher.candidates, sent)
+    test_latents, test_labels, checked = _cipher_latents(models, settings.test_per_class,
+                                                         derived_seed(config.seed, "attack-test"), cipher.candidates,
+                                                         sent)
+    sender = _sender_check(classes, test_labels, checked)
+    k = sender.candidates
     with torch.no_grad():
         receiver = float((classifier(test_latents).argmax(1) == test_labels).float().mean())
     seed = derived_seed(config.seed, "attack-keys")
@@ -95,10 +109,14 @@ def attack(config: Config, layout: Layout, context: tracking.TrackingContext) ->
     default = [r for r in results if r.scheme == cipher.scheme]
     summary = {
         "receiver_accuracy": round(receiver, 6),
-        # The sender's check on the test characters: images drawn per character, and the share its
-        # classifier still misread after cipher.max_draws images (those are sent as drawn).
-        "sender_mean_draws": round(float(drawn.draws.float().mean()), 4),
-        "sender_misread_fraction": round(float((~drawn.read_back).float().mean()), 6),
+        # The sender's check on the test characters (cipher.candidates images each): each class's
+        # single-image read-back rate, the share of characters with no candidate read back, and the
+        # misread chance per character it implies (max over classes of the Wilson-bounded error ** k).
+        "sender_candidates": k,
+        "sender_single_image_read_back": {name: round(r / n, 6)
+                                          for name, r, n in zip(classes, sender.reads, sender.trials)},
+        "sender_no_correct_fraction": round(sender.no_correct_fraction, 6),
+        "sender_misread_chance": misread_chance(max(class_error_bounds(sender.reads, sender.trials)), k),
         # JSON has no NaN: an advantage that cannot be measured (receiver at chance) is null.
         "default_scheme_max_advantage": _finite(max(r.advantage for r in default)),
         # The gate reads the lower 95% bound: it blocks promotion when an attacker is shown to beat
@@ -120,11 +138,11 @@ def attack(config: Config, layout: Layout, context: tracking.TrackingContext) ->
         end_to_end = _end_to_end(config, models)
         summary["cer"] = {r.scheme: round(r.cer, 6) for r in end_to_end}
         summary["default_scheme_cer"] = summary["cer"][cipher.scheme]
-        _write_outputs(config, layout, summary, results, images, nonce, levels, noise, end_to_end)
+        _write_outputs(config, layout, summary, results, images, nonce, levels, noise, end_to_end, sender)
     return summary
 
 
-def _write_outputs(config, layout, summary, results, images, nonce, levels, noise, end_to_end) -> None:
+def _write_outputs(config, layout, summary, results, images, nonce, levels, noise, end_to_end, sender) -> None:
     """DVC metrics, plots and reports; the MLflow run's params, metrics and artifacts."""
     settings, chance = config.attack, results[0].chance
     atomic_write_json(layout.metrics("attacks"), summary)
@@ -137,7 +155,6 @@ def _write_outputs(config, layout, summary, results, images, nonce, levels, nois
     evaluation_path = layout.metrics("evaluate")
     evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else {}
     api_takes_nonce = "nonce" in inspect.signature(codec.encrypt).parameters
-    sender = SenderCheck(config.cipher.max_draws, summary["sender_mean_draws"], summary["sender_misread_fraction"])
     markdown = security_quality_markdown(config.cipher.scheme, evaluation, results, images, nonce, levels, noise,
                                          end_to_end, api_takes_nonce, sender)
     report = layout.root / "reports" / "security_quality.md"
@@ -147,13 +164,14 @@ def _write_outputs(config, layout, summary, results, images, nonce, levels, nois
                          "attack.test_per_class": settings.test_per_class,
                          "attack.message_length": settings.message_length,
                          "attack.noise_levels": json.dumps(levels), "cipher.scheme": config.cipher.scheme,
-                         "cipher.max_draws": config.cipher.max_draws})
+                         "cipher.candidates": config.cipher.candidates})
     metrics = {f"advantage.{r.scheme}.{r.attacker}": r.advantage for r in results}
     metrics.update({f"nonce_reuse_advantage.{r.reused.scheme}": r.reused.advantage for r in nonce})
     metrics.update({f"inversion_psnr_db.{r.scheme}.{r.attacker}": r.psnr_db for r in images})
     metrics.update({f"inversion_ssim.{r.scheme}.{r.attacker}": r.ssim for r in images})
     metrics.update({f"cer.{r.scheme}": r.cer for r in end_to_end})
-    metrics.update({key: summary[key] for key in ("sender_mean_draws", "sender_misread_fraction")})
+    metrics.update({key: summary[key] for key in ("sender_no_correct_fraction", "sender_misread_chance")})
+    metrics["sender_single_image_read_back_min"] = min(summary["sender_single_image_read_back"].values())
     mlflow.log_metrics({key: value for key, value in metrics.items() if not math.isnan(value)})
     for name, values in noise.items():
         for step, value in enumerate(values):  # one step per noise level (the levels are a param)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 from crypson import artifacts, tracking
 from crypson.config import Config, section_params
 from crypson.data.prepare import PreparedData, load_prepared
+from crypson.evaluate import figures
 from crypson.evaluate.metrics import generate_images
 from crypson.io import atomic_write_json
 from crypson.models import cgan as cgan_model
@@ -36,6 +38,10 @@ from crypson.train import vae as vae_train
 from crypson.train.loop import (
     FitResult, InMemoryBatches, LoopSettings, derived_seed, fingerprint_of, fit, resolve_device,
 )
+
+
+# Batches of noise over which the EMA generator's BatchNorm statistics are recomputed.
+EMA_BATCHNORM_BATCHES = 32
 
 
 def _settings(config: Config, layout: Layout, stage: str, data: PreparedData,
@@ -128,31 +134,41 @@ def train_cgan(config: Config, layout: Layout, context: tracking.TrackingContext
     section, classes = config.cgan, data.classes
     settings = _settings(config, layout, "cgan", data, (cgan_model, cgan_train), progress)
     loop.seed_everything(config.seed)
-    g_params = {"num_classes": len(classes), "noise_dim": section.noise_dim, "width": section.generator_width,
-                "conditioning": section.conditioning, "label_dim": section.label_dim}
-    d_params = {"num_classes": len(classes), "embed_dim": section.discriminator_embed_dim,
-                "hidden": list(section.discriminator_hidden)}
+    g_params = artifacts.hparams_from_config("generator", config, len(classes))
+    d_params = artifacts.hparams_from_config("discriminator", config, len(classes))
     generator = artifacts.build("generator", g_params).to(settings.device)
     discriminator = artifacts.build("discriminator", d_params).to(settings.device)
-    task = cgan_train.CganTask(generator, discriminator, section.lr, section.betas)
+    task = cgan_train.CganTask(generator, discriminator, section.lr, section.betas, section.loss,
+                               section.aux_weight, section.ema_decay, section.class_margin)
     batches = InMemoryBatches((torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)),
                               section.batch_size, seed=config.seed)
     with _tracked_fit(task, batches, settings, context, "train_cgan", _run_params(config, "cgan", data)) as result:
         if not settings.world.is_main:
             return {}
-        generator.load_state_dict(result.best_state["generator"])
         discriminator.load_state_dict(result.best_state["discriminator"])
+        if section.ema_decay is None:
+            generator.load_state_dict(result.best_state["generator"])
+        else:  # the averaged weights are the ones saved, registered and sampled (Yazici et al. 2019)
+            generator.load_state_dict(cgan_train.averaged_state(result.best_state["generator_ema"]))
+            cgan_train.recompute_batchnorm(generator, EMA_BATCHNORM_BATCHES, section.batch_size,
+                                           derived_seed(config.seed, "ema-batchnorm"))
+        generator.eval()
         out = layout.model_dir("cgan")
-        artifacts.save_model(out / "generator.pt", "generator", g_params, result.best_state["generator"], classes)
+        artifacts.save_model(out / "generator.pt", "generator", g_params,
+                             {k: v.detach().cpu() for k, v in generator.state_dict().items()}, classes)
         artifacts.save_model(out / "discriminator.pt", "discriminator", d_params,
                              result.best_state["discriminator"], classes)
-        log_image_grid(cgan_train.sample_grid(generator, section.samples_per_class, config.seed),
-                       "samples_per_class.png", columns=section.samples_per_class * 4)
+        grid = figures.class_grid_figure(cgan_train.sample_grid(generator, section.samples_per_class, config.seed),
+                                         section.samples_per_class, classes,
+                                         f"cGAN samples, one row a class (truncation {section.truncation})")
+        mlflow.log_figure(grid, "samples_per_class.png")
+        figures.plt.close(grid)
         log_loss_curves(result.history, ["loss_discriminator", "loss_generator"], "loss_curves.png")
         probe = (torch.randn(4, section.noise_dim), torch.arange(4) % len(classes))
         uri = tracking.log_model_verified(generator, "generator", probe, lambda m, p: m(*p))
         registration = _register(context, "cgan", uri, data,
-                                 "Conditional GAN: (noise, class index) -> 32x32 character image in [-1, 1].")
+                                 "Conditional GAN: (noise, class index) -> 32x32 character image in [-1, 1].",
+                                 {"truncation": str(section.truncation), "ema_decay": str(section.ema_decay)})
     _finish(layout, "train_cgan", result, registration)
     return registration
 
@@ -165,11 +181,13 @@ def train_vae(config: Config, layout: Layout, context: tracking.TrackingContext 
     section = config.vae
     settings = _settings(config, layout, "vae", data, (vae_model, vae_train), progress)
     loop.seed_everything(config.seed)
-    params = {"latent_dim": section.latent_dim, "channels": list(section.channels)}
+    params = artifacts.hparams_from_config("vae", config, len(data.classes))
     vae = artifacts.build("vae", params).to(settings.device)
     task = vae_train.VaeTask(vae, section.lr, section.betas, section.recon_weight, section.kl_weight,
-                             torch.from_numpy(data.val.images), section.batch_size)
-    batches = InMemoryBatches((torch.from_numpy(data.train.images),), section.batch_size, seed=config.seed)
+                             torch.from_numpy(data.val.images), section.batch_size, section.class_weight,
+                             torch.from_numpy(data.val.labels))
+    batches = InMemoryBatches((torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)),
+                              section.batch_size, seed=config.seed)
     with _tracked_fit(task, batches, settings, context, "train_vae", _run_params(config, "vae", data)) as result:
         if not settings.world.is_main:
             return {}
@@ -187,14 +205,42 @@ def train_vae(config: Config, layout: Layout, context: tracking.TrackingContext 
     return registration
 
 
+# Extra cGAN images drawn per class so that the ones the discriminator disputes can be left out.
+DISPUTED_RESERVE = 1.5
+
+
+def _undisputed(discriminator: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                per_class: int) -> torch.Tensor:
+    """Row indices of up to `per_class` images of each class whose class the discriminator's class head
+    confirms (its argmax is the intended class); all rows when it has no class head."""
+    if not getattr(discriminator, "has_class_head", False):
+        return torch.arange(len(labels))
+    device = next(discriminator.parameters()).device
+    predicted = torch.cat([discriminator.classify(images[s : s + 512].to(device) * 2 - 1).argmax(1).cpu()
+                           for s in range(0, len(images), 512)])
+    agreed = predicted == labels
+    kept = [torch.nonzero(agreed & (labels == c)).flatten()[:per_class] for c in labels.unique()]
+    return torch.cat(kept)
+
+
 def _generated_latents(layout: Layout, vae: torch.nn.Module, count: int, classes: int, seed: int,
-                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mu, logvar, labels) of `count` class-balanced cGAN images: the images the cipher encodes."""
+                       device: torch.device, filter_disputed: bool) -> tuple[torch.Tensor, ...]:
+    """(mu, logvar, labels, kept fraction) of about `count` class-balanced cGAN images: the images the
+    cipher encodes. With `filter_disputed`, images whose class the discriminator's class head disputes
+    are left out (they are not trustworthy labelled data); the judge never takes part in training."""
     generator, _ = artifacts.load_model(layout.model_dir("cgan") / "generator.pt", "generator", device)
     per_class = -(-count // classes)
-    images, labels = generate_images(generator, per_class, seed)
+    if filter_disputed:
+        discriminator, _ = artifacts.load_model(layout.model_dir("cgan") / "discriminator.pt", "discriminator", device)
+        images, labels = generate_images(generator, math.ceil(per_class * DISPUTED_RESERVE), seed)
+        rows = _undisputed(discriminator, images, labels, per_class)
+        kept_fraction = len(rows) / (per_class * classes)
+        images, labels = images[rows], labels[rows]
+    else:
+        images, labels = generate_images(generator, per_class, seed)
+        kept_fraction = 1.0
     mu, logvar = classifier_train.encode_images(vae, images.mul(255).round().to(torch.uint8).squeeze(1))
-    return mu[:count].cpu(), logvar[:count].cpu(), labels[:count]
+    return mu[:count].cpu(), logvar[:count].cpu(), labels[:count], kept_fraction
 
 
 @_in_process_group
@@ -219,7 +265,7 @@ def train_classifier(config: Config, layout: Layout, context: tracking.TrackingC
     vae, _ = artifacts.load_model(vae_path, "vae", settings.device)
     loop.seed_everything(config.seed)
     classes = len(data.classes)
-    params = {"latent_dim": vae.latent_dim, "channels": list(vae.channels),
+    params = {"latent_dim": vae.latent_dim, "channels": list(vae.channels), "decoder_output": vae.decoder_output,
               "num_classes": classes, "hidden": section.hidden, "dropout": section.dropout}
     classifier = classifier_model.LatentClassifier(vae.decoder, classes, section.hidden,
                                                    section.dropout).to(settings.device)
@@ -227,17 +273,17 @@ def train_classifier(config: Config, layout: Layout, context: tracking.TrackingC
     labels = torch.from_numpy(data.train.labels)
     val_mu, _ = classifier_train.encode_images(vae, torch.from_numpy(data.val.images))
     validation = {"real": (val_mu, torch.from_numpy(data.val.labels))}
-    fraction = section.generated_fraction
+    fraction, kept_fraction = section.generated_fraction, 1.0
     if fraction > 0:
         count = round(len(labels) * fraction / (1 - fraction))
-        gen_mu, gen_logvar, gen_labels = _generated_latents(layout, vae, count, classes,
-                                                            derived_seed(config.seed, "classifier-train"),
-                                                            settings.device)
+        gen_mu, gen_logvar, gen_labels, kept_fraction = _generated_latents(
+            layout, vae, count, classes, derived_seed(config.seed, "classifier-train"), settings.device, True)
         mu, logvar = torch.cat([mu.cpu(), gen_mu]), torch.cat([logvar.cpu(), gen_logvar])
         labels = torch.cat([labels, gen_labels])
-        val_gen_mu, _, val_gen_labels = _generated_latents(layout, vae, len(data.val.labels), classes,
-                                                           derived_seed(config.seed, "classifier-val"),
-                                                           settings.device)
+        # Validation scores every fresh image, disputed or not: what the cipher will meet.
+        val_gen_mu, _, val_gen_labels, _ = _generated_latents(
+            layout, vae, len(data.val.labels), classes, derived_seed(config.seed, "classifier-val"),
+            settings.device, False)
         validation["generated"] = (val_gen_mu, val_gen_labels)
     task = classifier_train.ClassifierTask(classifier, section.lr, section.betas, validation, section.batch_size)
     batches = InMemoryBatches((mu.cpu(), logvar.cpu(), labels), section.batch_size, seed=config.seed)
@@ -246,6 +292,8 @@ def train_classifier(config: Config, layout: Layout, context: tracking.TrackingC
     with _tracked_fit(task, batches, settings, context, "train_classifier", run_params) as result:
         if not settings.world.is_main:
             return {}
+        # Share of drawn cGAN images the discriminator's class head confirmed (1.0: no class head, all used).
+        mlflow.log_metric("generated_undisputed_fraction", kept_fraction)
         classifier.load_state_dict(result.best_state["classifier"])
         artifacts.save_model(layout.model_dir("classifier") / "classifier.pt", "classifier", params,
                              result.best_state["classifier"], data.classes)

@@ -1,4 +1,5 @@
-"""VAE training task: the weighted negative ELBO on real (or glyph) images."""
+"""VAE training task: the weighted negative ELBO on real (or glyph) images, plus, with
+`class_weight` > 0, the cross-entropy of the VAE's class head on the latent mean."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
@@ -19,20 +21,29 @@ def to_unit_range(images_u8: torch.Tensor) -> torch.Tensor:
 
 
 class VaeTask:
-    """Trains on the training split; the best epoch has the lowest validation loss."""
+    """Trains on the training split; the best epoch has the lowest validation loss.
+
+    Batches are (images_u8, class_index). The loss is recon_weight * BCE + kl_weight * KL
+    (+ class_weight * cross-entropy of vae.class_head(mu) when the VAE has a class head).
+    """
 
     monitor = "val_loss"
     mode = "min"
 
     def __init__(
         self, vae: VAE, lr: float, betas: tuple[float, float], recon_weight: float, kl_weight: float,
-        val_images_u8: torch.Tensor, batch_size: int,
+        val_images_u8: torch.Tensor, batch_size: int, class_weight: float = 0.0,
+        val_labels: torch.Tensor | None = None,
     ) -> None:
+        if class_weight > 0 and vae.class_head is None:
+            raise ValueError(f"class_weight={class_weight} needs a VAE built with num_classes > 0")
+        if class_weight > 0 and val_labels is None:
+            raise ValueError("class_weight > 0 needs the validation labels")
         self.vae = vae
         self.train_vae: nn.Module = vae  # what train_step calls: the VAE or its DDP wrapper
         self.optimizer = torch.optim.Adam(vae.parameters(), lr=lr, betas=betas)
-        self.recon_weight, self.kl_weight = recon_weight, kl_weight
-        self.val_images_u8, self.batch_size = val_images_u8, batch_size
+        self.recon_weight, self.kl_weight, self.class_weight = recon_weight, kl_weight, class_weight
+        self.val_images_u8, self.val_labels, self.batch_size = val_images_u8, val_labels, batch_size
         self.autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
 
     def modules(self) -> dict[str, nn.Module]:
@@ -44,33 +55,47 @@ class VaeTask:
     def wrap_modules(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
         self.train_vae = wrap(self.vae)
 
-    def _loss(self, images: torch.Tensor, model: nn.Module) -> tuple[torch.Tensor, ...]:
+    def _loss(self, images: torch.Tensor, class_index: torch.Tensor | None,
+              model: nn.Module) -> tuple[torch.Tensor, ...]:
+        """(total, reconstruction, KL, class cross-entropy, class hits, reconstruction images)."""
         with self.autocast():
             reconstruction, mu, logvar = model(images)
-        return (*vae_loss(reconstruction, images, mu.float(), logvar.float(),
-                          self.recon_weight, self.kl_weight), reconstruction)
+        total, recon, kl = vae_loss(reconstruction, images, mu.float(), logvar.float(),
+                                    self.recon_weight, self.kl_weight)
+        cross_entropy = hits = torch.zeros((), device=images.device)
+        if self.class_weight > 0:
+            logits = self.vae.class_head(mu.float())  # (B, K): the head is small, never wrapped
+            cross_entropy = F.cross_entropy(logits, class_index)
+            hits = (logits.argmax(1) == class_index).float().sum()
+            total = total + self.class_weight * cross_entropy
+        return total, recon, kl, cross_entropy, hits, reconstruction
 
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-        images = to_unit_range(batch[0])
-        loss, recon, kl, _ = self._loss(images, self.train_vae)
+        images_u8, class_index = batch
+        loss, recon, kl, cross_entropy, hits, _ = self._loss(to_unit_range(images_u8), class_index, self.train_vae)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss, "loss_reconstruction": recon, "loss_kl": kl}
+        metrics = {"loss": loss, "loss_reconstruction": recon, "loss_kl": kl}
+        if self.class_weight > 0:
+            metrics |= {"loss_class": cross_entropy, "class_accuracy": hits / len(images_u8)}
+        return metrics
 
     def validate(self) -> dict[str, float]:
         device = next(self.vae.parameters()).device
-        totals = torch.zeros(2, device=device)
+        totals = torch.zeros(3, device=device)
         count = 0
         for start in range(0, len(self.val_images_u8), self.batch_size):
             images = to_unit_range(self.val_images_u8[start : start + self.batch_size].to(device))
-            loss, _, _, reconstruction = self._loss(images, self.vae)
+            labels = self.val_labels[start : start + self.batch_size].to(device) if self.class_weight > 0 else None
+            loss, _, _, _, hits, reconstruction = self._loss(images, labels, self.vae)
             psnr = peak_signal_noise_ratio(reconstruction.float(), images, data_range=1.0, reduction="none",
                                            dim=(1, 2, 3))
-            totals += torch.stack([loss * len(images), psnr.sum()])
+            totals += torch.stack([loss * len(images), psnr.sum(), hits])
             count += len(images)
-        val_loss, val_psnr = (totals / count).tolist()
-        return {"val_loss": val_loss, "val_psnr_db": val_psnr}
+        val_loss, val_psnr, val_accuracy = (totals / count).tolist()
+        metrics = {"val_loss": val_loss, "val_psnr_db": val_psnr}
+        return metrics | ({"val_class_accuracy": val_accuracy} if self.class_weight > 0 else {})
 
 
 @torch.no_grad()
