@@ -143,6 +143,7 @@ class PromoteConfig(_Section):
     min_accuracy_generated: float = Field(0.5, ge=0, le=1)
     min_psnr_db: float = Field(12.0, ge=0)
     max_attacker_advantage: float | None = Field(0.02, ge=0, le=1)  # for cipher.scheme; null = no gate
+    min_class_consistency: float | None = Field(None, ge=0, le=1)  # cGAN images the judge puts in their class; null = none
 
 
 class CipherConfig(_Section):

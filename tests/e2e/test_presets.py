@@ -27,7 +27,7 @@ FEW_BATCHES = {
     "attack": {"train_per_class": 3, "test_per_class": 2, "restarts": 1, "epochs": 1, "timestep_grid": 4,
                "noise_levels": [0.0]},
     "promote": {"min_accuracy_real": 0.0, "min_accuracy_generated": 0.0, "min_psnr_db": 0.0,
-                "max_attacker_advantage": None},
+                "min_class_consistency": None, "max_attacker_advantage": None},
 }
 
 

@@ -27,10 +27,21 @@ def test_unmeasured_advantage_fails_its_gate_and_null_disables_it():
     assert all(g["passed"] for g in gates) and len(gates) == 3
 
 
+def test_class_consistency_gate_when_set():
+    results = {"accuracy_real": 1.0, "accuracy_generated": 1.0, "psnr_db": 30.0, "class_consistency": 0.9}
+    config = parse_config({"promote": {"max_attacker_advantage": None, "min_class_consistency": 0.95}})
+    failed = [g for g in check_gates(config, results) if not g["passed"]]
+    assert [g["metric"] for g in failed] == ["class_consistency"] and failed[0]["margin"] == pytest.approx(-0.05)
+
+
 @pytest.mark.parametrize("kind, hparams", [
     ("generator", {"num_classes": 3, "noise_dim": 4, "width": 2, "conditioning": "concat", "label_dim": 3}),
     ("discriminator", {"num_classes": 3, "embed_dim": 4, "hidden": [8]}),
+    ("discriminator", {"num_classes": 3, "architecture": "conv", "width": 2, "temperature": 0.5}),
+    ("generator", {"num_classes": 3, "noise_dim": 4, "width": 2, "conditioning": "concat", "label_dim": 3,
+                   "truncation": 0.5}),
     ("vae", {"latent_dim": 2, "channels": [2, 2, 4, 4]}),
+    ("vae", {"latent_dim": 2, "channels": [2, 2, 4, 4], "decoder_output": "direct", "num_classes": 3}),
     ("classifier", {"latent_dim": 2, "channels": [2, 2, 4, 4], "num_classes": 3, "hidden": 4, "dropout": 0.1}),
 ])
 def test_model_files_round_trip(tmp_path, kind, hparams):

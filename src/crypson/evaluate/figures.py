@@ -41,7 +41,8 @@ def class_grid_figure(images: torch.Tensor, per_class: int, classes: tuple[str, 
     return figure
 
 
-def class_grid_png(images: torch.Tensor, per_class: int, classes: tuple[str, ...] | list[str], title: str = "") -> bytes:
+def class_grid_png(images: torch.Tensor, per_class: int, classes: tuple[str, ...] | list[str],
+                   title: str = "") -> bytes:
     """class_grid_figure as PNG bytes."""
     return figure_png(class_grid_figure(images, per_class, classes, title))
 

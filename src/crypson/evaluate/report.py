@@ -30,7 +30,7 @@ MISREAD_TARGET = 1e-6
 
 @dataclass(frozen=True)
 class SenderCheck:
-    """The sender's check (codec.draw_candidates) on the attack suite's test characters."""
+    """The sender's check (codec.draw_candidates) on every character the attack suite drew (training and test)."""
 
     candidates: int  # k, images drawn for every character
     classes: tuple[str, ...]
@@ -148,7 +148,7 @@ def _sender_lines(sender: SenderCheck, worst: int = 5) -> list[str]:
              "pass: the networks see N x k inputs for N characters whatever the letters, so encryption time shows "
              "the length, not the text. It sends the candidate its copy of the receiver's classifier reads back with "
              "the largest margin (true-class logit minus the largest other); a message with a character that no "
-             "candidate reads back is refused (`--allow-misread` sends it). On the attack suite's test characters "
+             "candidate reads back is refused (`--allow-misread` sends it). On every character the attack suite drew "
              f"({sum(sender.trials) // k} characters, {sum(sender.trials)} candidates) "
              f"{sender.no_correct_fraction:.2%} had no candidate read back; the attacks below run on the chosen "
              "latents, as sent.", "",

@@ -89,7 +89,8 @@ def evaluate(config: Config, layout: Layout, context: tracking.TrackingContext) 
     consistency = {char: round(value, 6) for char, value in zip(classes, consistency_per_class)}
     atomic_write_json(layout.root / "reports" / "class_consistency.json",
                       {"judge_accuracy_real": results["reference_accuracy_real"], "per_class": consistency})
-    write_csv(layout.plot("class_consistency.csv"), [{"class": c, "class_consistency": v} for c, v in consistency.items()])
+    write_csv(layout.plot("class_consistency.csv"),
+              [{"class": c, "class_consistency": v} for c, v in consistency.items()])
     for name, actual, guess in (("real", test_labels, predicted), ("generated", generated_labels, predicted_generated)):
         write_csv(layout.plot(f"confusion_{name}.csv"),
                   [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(actual.tolist(), guess.tolist())])
@@ -130,6 +131,8 @@ def check_gates(config: Config, results: dict[str, float]) -> list[dict]:
     checks = [("accuracy_real", gates.min_accuracy_real, "min"),
               ("accuracy_generated", gates.min_accuracy_generated, "min"),
               ("psnr_db", gates.min_psnr_db, "min")]
+    if gates.min_class_consistency is not None:
+        checks.append(("class_consistency", gates.min_class_consistency, "min"))
     if gates.max_attacker_advantage is not None:
         checks.append(("default_scheme_max_advantage_ci_low", gates.max_attacker_advantage, "max"))
     report = []

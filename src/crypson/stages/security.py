@@ -82,12 +82,16 @@ def attack(config: Config, layout: Layout, context: tracking.TrackingContext) ->
     classifier, _ = artifacts.load_model(layout.model_dir("classifier") / "classifier.pt", "classifier")
     models = codec.CipherModels(generator, vae, classifier, classes)
     sent = get_scheme(cipher.scheme, vae.latent_dim, cipher.gaussian_sigma, cipher.modular_range)
-    train_latents, train_labels, _ = _cipher_latents(models, settings.train_per_class,
-                                                     derived_seed(config.seed, "attack-train"), cipher.candidates, sent)
-    test_latents, test_labels, checked = _cipher_latents(models, settings.test_per_class,
-                                                         derived_seed(config.seed, "attack-test"), cipher.candidates,
-                                                         sent)
-    sender = _sender_check(classes, test_labels, checked)
+    train_latents, train_labels, train_checked = _cipher_latents(
+        models, settings.train_per_class, derived_seed(config.seed, "attack-train"), cipher.candidates, sent)
+    test_latents, test_labels, test_checked = _cipher_latents(
+        models, settings.test_per_class, derived_seed(config.seed, "attack-test"), cipher.candidates, sent)
+    # Every character the sender drew here is a fresh, independent trial of its check: all of them
+    # bound the per-class single-image error rate (the attackers' train/test split does not matter here).
+    sender = _sender_check(classes, torch.cat([train_labels, test_labels]),
+                           codec.Checked(torch.cat([train_checked.latents, test_checked.latents]),
+                                         torch.cat([train_checked.margin, test_checked.margin]),
+                                         torch.cat([train_checked.candidate_read, test_checked.candidate_read])))
     k = sender.candidates
     with torch.no_grad():
         receiver = float((classifier(test_latents).argmax(1) == test_labels).float().mean())
@@ -109,7 +113,7 @@ def attack(config: Config, layout: Layout, context: tracking.TrackingContext) ->
     default = [r for r in results if r.scheme == cipher.scheme]
     summary = {
         "receiver_accuracy": round(receiver, 6),
-        # The sender's check on the test characters (cipher.candidates images each): each class's
+        # The sender's check on every character drawn here (cipher.candidates images each): each class's
         # single-image read-back rate, the share of characters with no candidate read back, and the
         # misread chance per character it implies (max over classes of the Wilson-bounded error ** k).
         "sender_candidates": k,
