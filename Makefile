@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11, git):
 #   make repro   creates .venv, installs the pinned dependencies, runs `dvc repro`
 #   make test    creates .venv, installs the pinned dependencies and the Debian packages the
-#                integration tests need (PostgreSQL, Chromium: infra/local/apt-packages.txt), runs the tests
+#                tests need (PostgreSQL, Chromium, the handwriting fonts: infra/local/apt-packages.txt), runs the tests
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
