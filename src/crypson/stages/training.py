@@ -211,14 +211,15 @@ DISPUTED_RESERVE = 1.5
 
 def _undisputed(discriminator: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                 per_class: int) -> torch.Tensor:
-    """Row indices of up to `per_class` images of each class whose class the discriminator's class head
-    confirms (its argmax is the intended class); all rows when it has no class head."""
-    if not getattr(discriminator, "has_class_head", False):
-        return torch.arange(len(labels))
-    device = next(discriminator.parameters()).device
-    predicted = torch.cat([discriminator.classify(images[s : s + 512].to(device) * 2 - 1).argmax(1).cpu()
-                           for s in range(0, len(images), 512)])
-    agreed = predicted == labels
+    """Row indices of the first `per_class` images of each class whose class the discriminator's class head
+    confirms (its argmax is the intended class); without a class head, of the first `per_class` of each."""
+    if getattr(discriminator, "has_class_head", False):
+        device = next(discriminator.parameters()).device
+        predicted = torch.cat([discriminator.classify(images[s : s + 512].to(device) * 2 - 1).argmax(1).cpu()
+                               for s in range(0, len(images), 512)])
+        agreed = predicted == labels
+    else:
+        agreed = torch.ones(len(labels), dtype=torch.bool)
     kept = [torch.nonzero(agreed & (labels == c)).flatten()[:per_class] for c in labels.unique()]
     return torch.cat(kept)
 
