@@ -89,6 +89,7 @@ class CganConfig(_TrainConfig):
     loss: Literal["bce", "hinge"] = "bce"
     aux_weight: float = Field(0.0, ge=0, le=100)  # conv: weight of the class head's cross-entropy (AC-GAN)
     class_margin: float | None = Field(None, gt=0, lt=1)  # conv: cosine margin of that cross-entropy; null = plain
+    mode_seeking: float = Field(0.0, ge=0, le=100)  # weight of MSGAN's mode-seeking term on G; 0 = none
     ema_decay: float | None = Field(None, ge=0, lt=1)  # EMA of G's weights, saved and sampled; null = none
     truncation: float | None = Field(None, gt=0, le=10)  # sample noise from N(0, 1) cut at +-t; null = none
     samples_per_class: int = Field(8, ge=1, le=64)

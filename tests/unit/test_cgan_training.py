@@ -159,3 +159,42 @@ def test_class_margin_stops_the_pull_on_confidently_classified_images():
                                        temperature, margin=None)
     assert plain.item() == pytest.approx(torch.nn.functional.cross_entropy(
         torch.tensor([[0.99, 0.0, -0.2]]) / temperature, torch.tensor([0])).item())
+
+
+def test_paired_classes_give_each_fake_a_partner_of_its_class():
+    classes = torch.tensor([4, 1, 3, 0, 2])
+    paired = cgan_train.paired_classes(classes)
+    assert paired.tolist() == [4, 1, 3, 4, 1]  # fake i and i + 3 share a class
+    assert cgan_train.paired_classes(torch.tensor([2, 7])).tolist() == [2, 2]
+
+
+def test_mode_seeking_term_against_a_hand_computed_value():
+    # Pairs (0, 2) and (1, 3) for B = 4: image gaps 1 and 3 -> mean 2; noise gaps 2 and 2 -> mean 2.
+    fake = torch.tensor([[0.0], [0.0], [1.0], [3.0]])
+    noise = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+    assert cgan_train.mode_seeking_loss(fake, noise).item() == pytest.approx(1 / (2 / 2 + 1e-5))
+    # Identical images for different noise (a collapsed class) cost the most.
+    collapsed = cgan_train.mode_seeking_loss(torch.zeros(4, 1), noise).item()
+    assert collapsed == pytest.approx(1e5)
+    with pytest.raises(ValueError, match="at least 2 images, got 1"):
+        cgan_train.mode_seeking_loss(fake[:1], noise[:1])
+
+
+def test_mode_seeking_pushes_same_class_images_apart():
+    images = torch.randint(0, 256, (8, 32, 32), dtype=torch.uint8)
+    classes = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    noise = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
+
+    def inverse_gap_after_training(weight: float) -> float:
+        torch.manual_seed(0)
+        generator = Generator(num_classes=3, noise_dim=8, width=4, conditioning="concat")
+        task = cgan_train.CganTask(generator, ConvDiscriminator(num_classes=3, width=4), 1e-3, (0.5, 0.999),
+                                   "hinge", 0.0, None, None, mode_seeking=weight)
+        for _ in range(10):
+            task.train_step((images, classes))
+        with torch.no_grad():  # batch statistics, as the term saw them in training
+            return float(cgan_train.mode_seeking_loss(generator(noise, cgan_train.paired_classes(classes)), noise))
+
+    # Same seed, same batches: the term is what makes same-class images differ more.
+    with_term, without = inverse_gap_after_training(1.0), inverse_gap_after_training(0.0)
+    assert with_term < 0.8 * without

@@ -139,7 +139,7 @@ def train_cgan(config: Config, layout: Layout, context: tracking.TrackingContext
     generator = artifacts.build("generator", g_params).to(settings.device)
     discriminator = artifacts.build("discriminator", d_params).to(settings.device)
     task = cgan_train.CganTask(generator, discriminator, section.lr, section.betas, section.loss,
-                               section.aux_weight, section.ema_decay, section.class_margin)
+                               section.aux_weight, section.ema_decay, section.class_margin, section.mode_seeking)
     batches = InMemoryBatches((torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)),
                               section.batch_size, seed=config.seed)
     with _tracked_fit(task, batches, settings, context, "train_cgan", _run_params(config, "cgan", data)) as result:

@@ -83,6 +83,32 @@ def class_head_loss(class_logits: torch.Tensor, class_index: torch.Tensor, tempe
     return F.cross_entropy(clipped / temperature, class_index)
 
 
+def paired_classes(class_index: torch.Tensor) -> torch.Tensor:
+    """The batch's first half of classes twice: fake i and fake i + ceil(B/2) share a class (for B >= 2)."""
+    half = (len(class_index) + 1) // 2
+    return class_index[:half].repeat(2)[: len(class_index)]
+
+
+def mode_seeking_loss(fake: torch.Tensor, noise: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """MSGAN's mode-seeking term (Mao et al. 2019, "Mode Seeking GANs for Diverse Image Synthesis").
+
+    For pairs of images of the same class from two noise draws, the ratio
+    mean|G(z1, c) - G(z2, c)| / mean|z1 - z2| is large when different noise gives different images; the
+    generator minimises its inverse, which counters the collapse of each class onto a few modes that a
+    class-head loss (AC-GAN) encourages. Pairs are (i, i + ceil(B/2)), as `paired_classes` builds them.
+
+    Args:
+        fake: (B, ...) generated images, B >= 2; noise: (B, noise_dim) the noise that drew them.
+    """
+    if len(fake) < 2:
+        raise ValueError(f"the mode-seeking term needs a batch of at least 2 images, got {len(fake)}")
+    half = (len(fake) + 1) // 2
+    pairs = len(fake) - half
+    image_gap = (fake[:pairs] - fake[half:]).abs().mean()
+    noise_gap = (noise[:pairs] - noise[half:]).abs().mean()
+    return 1.0 / (image_gap / noise_gap + eps)
+
+
 def ema_of(generator: Generator, decay: float) -> AveragedModel:
     """An exponential moving average of the generator's parameters: avg <- decay * avg + (1 - decay) * live.
 
@@ -139,11 +165,12 @@ class CganTask:
 
     def __init__(self, generator: Generator, discriminator: nn.Module, lr: float, betas: tuple[float, float],
                  loss: str = "bce", aux_weight: float = 0.0, ema_decay: float | None = None,
-                 class_margin: float | None = None) -> None:
+                 class_margin: float | None = None, mode_seeking: float = 0.0) -> None:
         if loss not in LOSSES:
             raise ValueError(f"unknown cGAN loss {loss!r}; allowed: {', '.join(LOSSES)}")
         self.generator, self.discriminator = generator, discriminator
         self.loss, self.aux_weight, self.class_margin = loss, aux_weight, class_margin
+        self.mode_seeking = mode_seeking
         self.temperature = getattr(discriminator, "temperature", None)
         self.ema = ema_of(generator, ema_decay) if ema_decay is not None else None
         # What train_step calls: the bare modules, or their DDP wrappers (see wrap_modules).
@@ -168,10 +195,12 @@ class CganTask:
         real = to_tanh_range(images_u8)  # (B, 1, 32, 32)
         # Training draws untruncated noise: truncation trades diversity for fidelity when sampling only.
         noise = torch.randn(len(real), self.generator.noise_dim, device=real.device)
+        # With the mode-seeking term, the fake batch is pairs: image i and image i + half share a class.
+        fake_classes_index = paired_classes(class_index) if self.mode_seeking > 0 else class_index
         with self.autocast():
-            fake = self.train_generator(noise, class_index)
+            fake = self.train_generator(noise, fake_classes_index)
             real_logit, real_classes = discriminate(self.train_discriminator, real, class_index)
-            fake_logit, _ = discriminate(self.train_discriminator, fake.detach(), class_index)
+            fake_logit, _ = discriminate(self.train_discriminator, fake.detach(), fake_classes_index)
         loss_d = discriminator_loss(real_logit, fake_logit, self.loss)
         if real_classes is not None and self.aux_weight > 0:
             loss_d = loss_d + self.aux_weight * class_head_loss(real_classes, class_index, self.temperature,
@@ -183,11 +212,13 @@ class CganTask:
         # The bare discriminator: only G's gradients are wanted here, so under DDP only G's are
         # all-reduced (D's local gradients from this pass are cleared before D's next step).
         with self.autocast():
-            fooled_logit, fake_classes = discriminate(self.discriminator, fake, class_index)
+            fooled_logit, fake_classes = discriminate(self.discriminator, fake, fake_classes_index)
         loss_g = generator_loss(fooled_logit, self.loss)
         if fake_classes is not None and self.aux_weight > 0:
-            loss_g = loss_g + self.aux_weight * class_head_loss(fake_classes, class_index, self.temperature,
+            loss_g = loss_g + self.aux_weight * class_head_loss(fake_classes, fake_classes_index, self.temperature,
                                                                 self.class_margin)
+        if self.mode_seeking > 0:
+            loss_g = loss_g + self.mode_seeking * mode_seeking_loss(fake.float(), noise)
         self.optimizer_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.optimizer_g.step()
@@ -197,7 +228,7 @@ class CganTask:
                    "d_real": real_logit.detach().float().mean(), "d_fake": fake_logit.detach().float().mean()}
         if real_classes is not None:
             metrics["d_class_accuracy_real"] = (real_classes.detach().argmax(1) == class_index).float().mean()
-            metrics["d_class_accuracy_fake"] = (fake_classes.detach().argmax(1) == class_index).float().mean()
+            metrics["d_class_accuracy_fake"] = (fake_classes.detach().argmax(1) == fake_classes_index).float().mean()
         return metrics
 
     def validate(self) -> dict[str, float]:
