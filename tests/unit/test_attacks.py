@@ -266,7 +266,8 @@ def test_nonce_reuse_breaks_keyed_schemes_and_fresh_nonces_do_not(data):
 def test_the_cipher_api_takes_no_nonce_from_its_caller():
     assert "nonce" not in inspect.signature(encrypt).parameters
     assert [name for name in inspect.signature(encrypt).parameters] == ["models", "texts", "key", "scheme",
-                                                                         "replace", "candidates", "allow_misread"]
+                                                                         "replace", "candidates", "allow_misread",
+                                                                         "one_stream"]
 
 
 def test_security_quality_report_shows_the_numbers(data):

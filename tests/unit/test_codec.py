@@ -15,7 +15,7 @@ import torch
 
 from crypson.cipher import codec
 from crypson.cipher.alphabet import Alphabet, AlphabetError
-from crypson.cipher.envelope import AuthenticationError
+from crypson.cipher.envelope import AuthenticationError, StreamError
 from crypson.cipher.keys import generate_key
 from crypson.cipher.masks import get_scheme
 from crypson.models.cgan import Generator
@@ -106,6 +106,29 @@ def test_mask_settings_travel_in_the_authenticated_header(models, fixed_randomne
         codec.decrypt(models, [tampered], key)
 
 
+def test_the_lines_of_one_encryption_are_one_stream(models):
+    key, scheme = generate_key(), get_scheme("keyed-modular")
+    lines = codec.encrypt(models, ["ONE", "TWO", "THREE"], key, scheme, allow_misread=True)
+    assert len({e.stream for e in lines}) == 1 and [e.part for e in lines] == [0, 1, 2]
+    assert [e.final for e in lines] == [False, False, True]
+    assert len(codec.decrypt(models, lines, key)) == 3
+    for edited, message in (([lines[0], lines[2]], "line 2 is part 3"), ([lines[1], lines[0], lines[2]], "line 1"),
+                            (lines[:2], "without its final part"), (lines + lines[2:], "1 more follow")):
+        with pytest.raises(StreamError, match=message):
+            codec.decrypt(models, edited, key)
+    with pytest.raises(StreamError, match="line 1 is part 2"):  # a part alone is not a message
+        codec.decrypt(models, [lines[1]], key, one_stream=False)
+
+
+def test_independent_rows_decrypt_alone_in_any_order(models):
+    key, scheme = generate_key(), get_scheme("keyed-modular")
+    rows = codec.encrypt(models, ["ONE", "TWO"], key, scheme, allow_misread=True, one_stream=False)
+    assert rows[0].stream != rows[1].stream and all(e.part == 0 and e.final for e in rows)
+    assert [len(d.text) for d in codec.decrypt(models, rows[::-1], key, one_stream=False)] == [3, 3]
+    with pytest.raises(StreamError, match="line 1 is the stream.s last part"):  # rows are not one stream
+        codec.decrypt(models, rows, key)
+
+
 def test_other_model_versions_are_refused(models):
     key = generate_key()
     envelope, = codec.encrypt(models, ["AB"], key, get_scheme("keyed-modular"), allow_misread=True)
@@ -157,7 +180,7 @@ def test_sender_sends_a_candidate_the_receiver_reads_for_every_character():
     texts = ["ABBA BAAB", "BBBBBBBB", "A"]
     checked = codec.decrypt(models, codec.encrypt(models, texts, key, scheme, candidates=48), key)
     assert [r.text for r in checked] == texts  # a miss per image is ~1/2: 48 candidates leave ~4e-15
-    refused = r"^\d+ of 68 characters would be misread by the receiver's classifier \(1 candidate image each\)"
+    refused = r"^\d+ characters would be misread by the receiver's classifier \(1 candidate image each\)"
     with pytest.raises(codec.MisreadError, match=refused):
         codec.encrypt(models, texts * 4, key, scheme, candidates=1)  # one image: about half the letters are misread
 
@@ -166,7 +189,8 @@ def test_misread_is_refused_naming_the_count_only_unless_allowed(caplog):
     models, key, scheme = _two_letter_models(_ConstantClassifier()), generate_key(), get_scheme("keyed-modular")
     with pytest.raises(codec.MisreadError) as refused:
         codec.encrypt(models, ["ABBA B"], key, scheme, candidates=3)
-    assert str(refused.value).startswith("3 of 5 characters would be misread by the receiver's classifier (3 "
+    # "3 characters", not "3 of 5": the number of letters would give away the number of spaces.
+    assert str(refused.value).startswith("3 characters would be misread by the receiver's classifier (3 "
                                          "candidate images each); nothing was sent")
     assert "ABBA" not in str(refused.value) and "B B" not in str(refused.value)
     with caplog.at_level("WARNING", logger="crypson.cipher.codec"):
@@ -174,7 +198,7 @@ def test_misread_is_refused_naming_the_count_only_unless_allowed(caplog):
                                                       allow_misread=True), key)
     assert result.text == "AAAA A"  # what this receiver reads; the message goes out
     warning, = caplog.records
-    assert warning.getMessage().startswith("3 of 5 characters would be misread")
+    assert warning.getMessage().startswith("3 characters would be misread")
     assert "ABBA" not in warning.getMessage() and "B B" not in warning.getMessage()
 
 
@@ -260,3 +284,52 @@ def test_chunked_forward_passes_give_the_same_answers(models):
     chunked = codec.encode_characters(models, index, noise_source=torch.Generator().manual_seed(5))
     whole = codec.encode_characters(models, index, batch_size=300, noise_source=torch.Generator().manual_seed(5))
     assert chunked.shape == (300, 8) and torch.allclose(chunked, whole, atol=1e-5)
+
+
+def test_known_answer_for_a_whole_message(models, monkeypatch):
+    """Fixed key, nonces and latents; every subkey, keystream and byte recomputed here independently
+    (cryptography's HKDF, ChaCha20 and HMAC, struct for the layout), so a swapped subkey, flags sent in
+    the clear or under the mask's keystream, or a tag under the wrong key all fail this test."""
+    import hashlib
+    import hmac as std_hmac
+    import json
+    import struct
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from crypson.cipher.envelope import to_bytes
+    from crypson.cipher.keys import SecretKey
+
+    key = SecretKey(bytes(range(32)))
+    stream_id, nonce = bytes([7] * 16), bytes(range(100, 116))
+    nonces = iter([stream_id, nonce])
+    monkeypatch.setattr(codec, "new_nonce", lambda: next(nonces))
+    latents = torch.tensor([[0.5, -1.25, 2.0, 0.0, 7.5, -6.5, 0.001, 3.3]] * 3) * torch.tensor([[1.0], [-1.0], [0.5]])
+    monkeypatch.setattr(codec, "draw_candidates", lambda m, index, k, received=None: codec.Checked(
+        latents, torch.ones(3), torch.ones(3, k, dtype=torch.bool)))
+    envelope, = codec.encrypt(models, ["A C"], key, get_scheme("keyed-modular"), candidates=4)
+
+    okm = HKDF(hashes.SHA256(), 96, salt=nonce, info=b"crypson/v1/message-keys").derive(bytes(range(32)))
+    mask_key, mac_key, flags_key = okm[:32], okm[32:64], okm[64:]
+
+    def keystream(subkey: bytes, length: int) -> bytes:
+        return Cipher(algorithms.ChaCha20(subkey, bytes(16)), mode=None).encryptor().update(bytes(length))
+
+    levels = [round((min(max(float(z), -6.0), 6.0) + 6.0) / 12.0 * 65535) for z in latents.double().flatten()]
+    pad = struct.unpack(">24H", keystream(mask_key, 48))
+    payload = struct.pack(">24H", *[(q + m) % 65536 for q, m in zip(levels, pad)])
+    flags = bytes([0b01000000 ^ keystream(flags_key, 1)[0]])  # "A C": the second character is a space
+    context = {**models.versions, "mask.modular_range": "6.0"}  # the mask's setting travels under the tag
+    models_json = json.dumps(context, sort_keys=True, separators=(",", ":")).encode()
+    body = (b"CRYP" + bytes([2, 3]) + nonce + stream_id + struct.pack(">IBIH", 0, 1, 3, len(models_json))
+            + models_json + flags + struct.pack(">I", len(payload)) + payload)
+    tag = std_hmac.new(mac_key, body, hashlib.sha256).digest()
+    assert envelope.payload == payload and envelope.flags == flags and envelope.tag == tag
+    assert to_bytes(envelope) == body + tag
+    # Under any other subkey the tag, the flags or the payload would differ.
+    for other in (mask_key, flags_key):
+        assert std_hmac.new(other, body, hashlib.sha256).digest() != tag
+    assert bytes([0b01000000 ^ keystream(mask_key, 1)[0]]) != flags and keystream(flags_key, 48) != pad
+    assert codec.decrypt(models, [envelope], key)[0].is_space.tolist() == [False, True, False]

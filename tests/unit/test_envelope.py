@@ -73,7 +73,10 @@ def test_json_round_trip_and_conversion_to_binary(count: int) -> None:
 def test_json_layout() -> None:
     envelope = _sealed()
     document = json.loads(to_json(envelope))
-    assert list(document) == ["crypson", "scheme", "nonce", "models", "count", "flags", "payload", "tag"]
+    assert list(document) == ["crypson", "scheme", "nonce", "stream", "part", "final", "models", "count", "flags",
+                              "payload", "tag"]
+    assert document["part"] == 0 and document["final"] is True
+    assert base64.b64decode(document["stream"]) == envelope.nonce  # a one-part stream's id is its nonce
     assert document["crypson"] == FORMAT_VERSION and document["models"] == MODELS
     assert base64.b64decode(document["tag"]) == envelope.tag and len(envelope.tag) == 32
 
@@ -82,11 +85,11 @@ def test_binary_size_is_fixed_header_plus_variable_parts() -> None:
     envelope = _sealed()
     models_json = json.dumps(MODELS, sort_keys=True, separators=(",", ":")).encode()
     data = to_bytes(envelope)
-    # 64 fixed bytes = magic 4 + version 1 + scheme 1 + nonce 16 + count 4 + models length 2
-    #                  + payload length 4 + tag 32.
-    assert HEADER_BYTES == 28 and FIXED_BYTES == 64
-    assert len(data) == 64 + len(envelope.payload) + len(envelope.flags) + len(models_json)
-    assert data[28 : 28 + len(models_json)] == models_json
+    # 85 fixed bytes = magic 4 + version 1 + scheme 1 + nonce 16 + stream 16 + part 4 + final 1 + count 4
+    #                  + models length 2 + payload length 4 + tag 32.
+    assert HEADER_BYTES == 49 and FIXED_BYTES == 85
+    assert len(data) == 85 + len(envelope.payload) + len(envelope.flags) + len(models_json)
+    assert data[49 : 49 + len(models_json)] == models_json
     assert data[: len(data) - 32] == authenticated_bytes(envelope) and data[-32:] == envelope.tag
     # Per character: 16 payload bytes + 1/8 flag byte, within the 24-byte target.
     long = _sealed(count=800)
@@ -97,9 +100,11 @@ def test_binary_size_is_fixed_header_plus_variable_parts() -> None:
 def test_binary_layout_fields() -> None:
     envelope = _sealed(scheme="keyed-modular")
     data = to_bytes(envelope)
-    assert data[:4] == b"CRYP" and data[4] == 1 and data[5] == SCHEMES.index("keyed-modular") == 3
+    assert data[:4] == b"CRYP" and data[4] == 2 and data[5] == SCHEMES.index("keyed-modular") == 3
     assert data[6:22] == envelope.nonce
-    assert int.from_bytes(data[22:26], "big") == COUNT
+    assert data[22:38] == envelope.stream == envelope.nonce
+    assert int.from_bytes(data[38:42], "big") == 0 and data[42] == 1  # part 0, final
+    assert int.from_bytes(data[43:47], "big") == COUNT
 
 
 # --- authentication --------------------------------------------------------------------------------
@@ -130,7 +135,7 @@ def test_every_truncation_is_refused() -> None:
 
 def test_truncated_header_message() -> None:
     data = to_bytes(_sealed())
-    with pytest.raises(FormatError, match="ciphertext truncated: header needs 28 bytes, got 11"):
+    with pytest.raises(FormatError, match="ciphertext truncated: header needs 49 bytes, got 11"):
         from_bytes(data[:11])
 
 
@@ -145,11 +150,11 @@ def test_bad_magic_is_refused() -> None:
         from_bytes(b"CRYX" + to_bytes(_sealed())[4:])
 
 
-@pytest.mark.parametrize("version", [0, 2, 255])
+@pytest.mark.parametrize("version", [0, 1, 255])
 def test_unknown_version_byte_is_named(version: int) -> None:
     data = bytearray(to_bytes(_sealed()))
     data[4] = version
-    with pytest.raises(UnsupportedVersionError, match=f"version {version}; this code reads version 1"):
+    with pytest.raises(UnsupportedVersionError, match=f"version {version}; this code reads version 2"):
         from_bytes(bytes(data))
     # The version is checked before anything else is interpreted, even with the rest cut off.
     with pytest.raises(UnsupportedVersionError):
@@ -170,7 +175,7 @@ def test_non_canonical_models_json_is_refused() -> None:
     spaced = json.dumps(MODELS, sort_keys=True).encode()  # ", " and ": " separators
     canonical = json.dumps(MODELS, sort_keys=True, separators=(",", ":")).encode()
     data = to_bytes(envelope)
-    rebuilt = (data[:26] + len(spaced).to_bytes(2, "big") + spaced + data[28 + len(canonical):])
+    rebuilt = (data[:47] + len(spaced).to_bytes(2, "big") + spaced + data[49 + len(canonical):])
     with pytest.raises(FormatError, match="canonical"):
         from_bytes(rebuilt)
 
@@ -194,6 +199,9 @@ def test_json_field_tampering_is_refused() -> None:
         {"models": {k: v for k, v in MODELS.items() if k != "crypson-vae"}},
         {"scheme": "report"},
         {"count": COUNT + 1},  # same flags length, so only the tag catches it
+        {"part": 1},
+        {"final": False},
+        {"stream": base64.b64encode(bytes(16)).decode()},
     ):
         with pytest.raises(CiphertextError):
             _open(from_json(_tampered_json(envelope, **changes)))
@@ -220,6 +228,9 @@ def test_json_missing_tag_is_named() -> None:
         ({"extra": 1}, "extra"),
         ({"nonce": base64.b64encode(bytes(8)).decode()}, "nonce"),
         ({"flags": base64.b64encode(bytes(2)).decode()}, "flags"),
+        ({"part": "0"}, "part"),
+        ({"final": 1}, "final"),
+        ({"stream": base64.b64encode(bytes(8)).decode()}, "stream"),
     ],
 )
 def test_json_bad_fields_name_the_field(changes: dict, field: str) -> None:
@@ -229,8 +240,8 @@ def test_json_bad_fields_name_the_field(changes: dict, field: str) -> None:
 
 def test_json_version_scheme_and_shape_errors() -> None:
     envelope = _sealed()
-    with pytest.raises(UnsupportedVersionError, match="version 2"):
-        from_json(_tampered_json(envelope, crypson=2))
+    with pytest.raises(UnsupportedVersionError, match="version 1; this code reads version 2"):
+        from_json(_tampered_json(envelope, crypson=1))
     with pytest.raises(UnknownSchemeError, match="'rot13'; allowed: report, keyed-timestep"):
         from_json(_tampered_json(envelope, scheme="rot13"))
     with pytest.raises(FormatError, match="not valid JSON"):
@@ -273,3 +284,70 @@ def test_envelope_copies_models_and_tag_covers_them() -> None:
     changed = dataclasses.replace(envelope, models={**MODELS, "crypson-cgan": "99"})
     with pytest.raises(AuthenticationError):
         verify(changed, keys.mac_key)
+
+
+# --- size bounds and hostile JSON ------------------------------------------------------------------
+
+def test_repeated_fields_are_named_once_each() -> None:
+    text = "{" + ",".join(['"a":1'] * 40_000 + [f'"f{i}":1,"f{i}":2' for i in range(7)]) + "}"
+    with pytest.raises(FormatError, match="^repeated field\\(s\\): a, f0, f1, f2, f3 and 3 more$"):
+        from_json(text)
+
+
+def test_oversized_ciphertexts_are_refused_before_parsing() -> None:
+    from crypson.cipher.envelope import MAX_CIPHERTEXT_BYTES
+
+    with pytest.raises(FormatError, match=f"ciphertext of {MAX_CIPHERTEXT_BYTES + 1} bytes is over the limit"):
+        from_json("x" * (MAX_CIPHERTEXT_BYTES + 1))  # not JSON: the size is checked first
+    with pytest.raises(FormatError, match="over the limit"):
+        from_bytes(b"CRYP" + bytes(MAX_CIPHERTEXT_BYTES))
+
+
+def test_deeply_nested_json_is_a_format_error() -> None:
+    with pytest.raises(FormatError, match="nested too deeply"):
+        from_json("[" * 100_000 + "]" * 100_000)
+
+
+# --- streams ---------------------------------------------------------------------------------------
+
+def _stream(parts: int, stream: bytes = bytes(range(16))) -> list[Envelope]:
+    sealed = []
+    for part in range(parts):
+        nonce = new_nonce()
+        keys = derive_message_keys(KEY, nonce)
+        sealed.append(seal("keyed-modular", nonce, MODELS, 0, b"", b"", keys.mac_key, stream=stream, part=part,
+                           final=part == parts - 1))
+    return sealed
+
+
+def test_a_whole_stream_in_order_passes() -> None:
+    from crypson.cipher.envelope import check_stream
+
+    check_stream(_stream(3))
+    check_stream(_stream(1))
+    check_stream([])
+
+
+@pytest.mark.parametrize(
+    ("arrange", "message"),
+    [
+        (lambda p: [p[0], p[2]], "line 2 is part 3 of its stream"),  # a part dropped
+        (lambda p: [p[1], p[0], p[2]], "line 1 is part 2"),  # reordered
+        (lambda p: [p[0], p[0], p[1], p[2]], "line 2 is part 1"),  # repeated
+        (lambda p: p[:2], "ends after part 2 without its final part"),  # cut short
+        (lambda p: [p[0], p[1], p[2], p[2]], "line 3 is the stream's last part, but 1 more follow"),
+    ],
+)
+def test_stream_edits_are_refused(arrange, message: str) -> None:
+    from crypson.cipher.envelope import StreamError, check_stream
+
+    with pytest.raises(StreamError, match=message):
+        check_stream(arrange(_stream(3)))
+
+
+def test_parts_of_another_stream_are_refused() -> None:
+    from crypson.cipher.envelope import StreamError, check_stream
+
+    mixed = _stream(2, bytes(16))[:1] + _stream(2, bytes(range(16)))[1:]
+    with pytest.raises(StreamError, match="line 2 belongs to another encryption"):
+        check_stream(mixed)

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -32,6 +34,77 @@ def test_class_consistency_gate_when_set():
     config = parse_config({"promote": {"max_attacker_advantage": None, "min_class_consistency": 0.95}})
     failed = [g for g in check_gates(config, results) if not g["passed"]]
     assert [g["metric"] for g in failed] == ["class_consistency"] and failed[0]["margin"] == pytest.approx(-0.05)
+
+
+def test_the_advantage_gate_reads_the_largest_lower_bound():
+    from crypson.evaluate.attacks import AttackResult
+    from crypson.stages.security import advantage_lower_bound
+
+    chance, receiver = 0.1, 0.9
+    # (ci_low - chance) / (receiver - chance): 0.0, 0.125 and -0.0625; the gate reads the largest.
+    results = [AttackResult("keyed-modular", name, 0.2, low, 0.3, chance, receiver, 0.5, 100)
+               for name, low in (("a", 0.1), ("b", 0.2), ("c", 0.05))]
+    assert advantage_lower_bound(results) == pytest.approx(0.125)
+    # Not the point estimate (0.5 each), nor the upper bound.
+    assert advantage_lower_bound(results[:1]) == pytest.approx(0.0)
+    unmeasurable = AttackResult("keyed-modular", "d", 0.2, 0.2, 0.3, chance, chance, float("nan"), 100)
+    assert advantage_lower_bound(results + [unmeasurable]) != advantage_lower_bound(results + [unmeasurable])  # NaN
+    assert advantage_lower_bound([]) != advantage_lower_bound([])
+
+
+@pytest.fixture
+def registered(tmp_path, monkeypatch):
+    """Three registered models (two versions each) in a real embedded store, and a run's folder."""
+    import mlflow
+
+    from crypson import tracking
+    from crypson.models.vae import VAE
+    from crypson.stages.common import Layout
+
+    monkeypatch.chdir(tmp_path)
+    experiment = tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", "test", tmp_path / "artifacts")
+    tags = {"git_commit": "abc", "data_version": "d" * 64}
+    context = tracking.TrackingContext(experiment, tracking.execution_run(experiment, "x", "pipeline", tags), tags)
+    vae = VAE(latent_dim=2, channels=(2, 2, 4, 4)).eval()
+    layout = Layout(tmp_path / "run")
+    with tracking.stage_run(context, "train_vae"):
+        uri = tracking.log_model_verified(vae, "vae", (torch.rand(1, 1, 32, 32),), lambda m, p: m.encode_mean(p[0]))
+        for kind, name in tracking.MODEL_NAMES.items():
+            tracking.register_version(uri, name, {}, "v")
+            version = tracking.register_version(uri, name, {}, "v")
+            layout.model_dir(kind).mkdir(parents=True)
+            (layout.model_dir(kind) / "registration.json").write_text(json.dumps({"name": name, "version": version}))
+    tracking.set_champion({name: "1" for name in tracking.MODEL_NAMES.values()})
+    yield layout, context
+    mlflow.set_tracking_uri(None)
+
+
+def _write_metrics(layout, advantage_low: float | None) -> None:
+    layout.metrics("evaluate").parent.mkdir(parents=True, exist_ok=True)
+    layout.metrics("evaluate").write_text(json.dumps({"accuracy_real": 0.97, "accuracy_generated": 1.0,
+                                                      "psnr_db": 22.0, "class_consistency": 0.98}))
+    layout.metrics("attacks").write_text(json.dumps({"default_scheme_max_advantage_ci_low": advantage_low}))
+
+
+@pytest.mark.parametrize("advantage_low, promoted", [(0.0, True), (0.03, False), (None, False)])
+def test_promote_moves_champion_only_when_every_gate_passes(registered, advantage_low, promoted):
+    from crypson import tracking
+    from crypson.stages.evaluation import promote
+
+    layout, context = registered
+    _write_metrics(layout, advantage_low)
+    config = parse_config({"promote": {"min_accuracy_real": 0.95, "min_accuracy_generated": 0.97,
+                                       "min_psnr_db": 20.0, "min_class_consistency": 0.95,
+                                       "max_attacker_advantage": 0.02}})
+    decision = promote(config, layout, context)
+    names = list(tracking.MODEL_NAMES.values())
+    expected = {name: "2" if promoted else "1" for name in names}
+    assert decision["promoted"] is promoted and decision["champion_after"] == expected
+    assert tracking.champion_versions(names) == expected
+    assert json.loads(layout.promotion_report.read_text())["promoted"] is promoted
+    if not promoted:
+        failed = [g["metric"] for g in decision["gates"] if not g["passed"]]
+        assert failed == ["default_scheme_max_advantage_ci_low"]
 
 
 @pytest.mark.parametrize("kind, hparams", [

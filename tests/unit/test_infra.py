@@ -328,15 +328,6 @@ def test_terraform_gpu_pool_scales_from_zero_with_the_gke_taint() -> None:
     assert default_gpu in ("nvidia-l4", "nvidia-tesla-t4")
 
 
-def test_terraform_fmt() -> None:
-    terraform = shutil.which("terraform")
-    if terraform is None:
-        pytest.skip("terraform is not installed: `terraform fmt -check` not run")
-    result = subprocess.run([terraform, "fmt", "-check", "-recursive", "-diff", str(TERRAFORM)],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"terraform fmt would change:\n{result.stdout}{result.stderr}"
-
-
 # ---- the checks catch what they are for -----------------------------------------------------------
 POOL = {"name": "gpu-pool", "taint_key": "nvidia.com/gpu", "taint_value": "present",
         "taint_effect": "NoSchedule", "min_nodes": "0"}

@@ -136,6 +136,34 @@ def test_read_accepts_0400_and_surrounding_whitespace(tmp_path) -> None:
     assert read_key_file(path) == FIXED_KEY
 
 
+def test_read_refuses_a_fifo_without_waiting_for_a_writer(tmp_path) -> None:
+    path = tmp_path / "fifo"
+    os.mkfifo(path, 0o600)
+    with pytest.raises(ValueError, match="is not a regular file"):
+        read_key_file(path)  # a blocking open would hang here for ever
+    with pytest.raises(ValueError, match="is not a regular file"):
+        read_key_file(tmp_path)
+
+
+def test_read_refuses_a_symbolic_link_unless_asked(tmp_path) -> None:
+    target = tmp_path / "k"
+    write_key_file(target, FIXED_KEY)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(ValueError, match=f"key file {link} is a symbolic link"):
+        read_key_file(link)
+    assert read_key_file(link, follow_symlinks=True) == FIXED_KEY
+
+
+def test_read_refuses_a_key_file_another_user_owns(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "k"
+    write_key_file(path, FIXED_KEY)
+    owner = os.stat(path).st_uid
+    monkeypatch.setattr(os, "getuid", lambda: owner + 1)  # as if another account ran the CLI
+    with pytest.raises(PermissionError, match=f"owned by uid {owner}, not by you \\(uid {owner + 1}\\)"):
+        read_key_file(path)
+
+
 def _private_file(path, content: bytes):
     fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
     os.write(fd, content)

@@ -71,14 +71,15 @@ def _read_input(text: str | None, source: Path | None) -> bytes:
     return source.read_bytes()
 
 
-def _write_output(payload: bytes, target: Path | None) -> None:
+def _write_output(payload: bytes, target: Path | None, private: bool = False) -> None:
+    """stdout, or `target` written atomically; private: mode 0600 (decrypted text)."""
     if target is None:
         sys.stdout.buffer.write(payload)
         sys.stdout.buffer.flush()
     else:
         from crypson.io import atomic_write_bytes
 
-        atomic_write_bytes(target, payload)
+        atomic_write_bytes(target, payload, private=private)
 
 
 def keygen(key_file: Annotated[Path, typer.Option("--key-file", "-k", help="where to write the key")] = Path("crypson.key")) -> None:
@@ -144,11 +145,18 @@ def decrypt(
     key_file: KeyFileOption = None,
     input_file: InputOption = None,
     output: OutputOption = None,
-    images: Annotated[Path | None, typer.Option("--images", help="also save the decoded handwriting as a PNG")] = None,
+    images: Annotated[Path | None, typer.Option(
+        "--images", help="also save the decoded handwriting as a PNG (mode 0600)")] = None,
+    insecure_baseline: Annotated[bool, typer.Option(
+        "--insecure-baseline", help="accept the report's public-mask scheme, which anyone can decrypt")] = False,
     models: ModelsOption = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Decrypt ciphertexts (JSON lines or binary); each must carry a valid tag under the key."""
+    """Decrypt ciphertexts (JSON lines or binary); each must carry a valid tag under the key.
+
+    The lines are the parts of one encryption: a missing, repeated or reordered line is refused.
+    The plaintext (and --images) is written readable by you only when it goes to a file.
+    """
     from crypson.cipher.codec import decode_images
     from crypson.cipher.codec import decrypt as decrypt_envelopes
 
@@ -156,6 +164,9 @@ def decrypt(
         config = _config(params)
         key = _key(key_file)
         envelopes = _parse(_read_input(None, input_file))
+        if not insecure_baseline and any(envelope.scheme == "report" for envelope in envelopes):
+            raise ValueError("the ciphertext uses the 'report' scheme, whose mask is public: anyone with the code "
+                             "reads it, so it proves nothing about the sender. Pass --insecure-baseline to accept it")
         _tracking(config)
         loaded = _models(models or config.cipher.models, "cpu")
         results = decrypt_envelopes(loaded, envelopes, key)
@@ -163,17 +174,23 @@ def decrypt(
         _fail(str(error))
     if images is not None:
         _save_handwriting(images, [decode_images(loaded, result) for result in results])
-    _write_output("".join(r.text + "\n" for r in results).encode(), output)
+    _write_output("".join(r.text + "\n" for r in results).encode(), output, private=True)
 
 
 def _save_handwriting(path: Path, rows: list) -> None:
-    """One row of decoded character images per message, padded to the longest message."""
+    """One row of decoded character images per message, padded to the longest message (a 0600 PNG)."""
+    import io
+
     import torch
     from torchvision.utils import save_image
 
+    from crypson.io import atomic_write_bytes
+
     width = max((len(r) for r in rows), default=1) or 1
     grid = torch.cat([torch.cat([r, r.new_zeros(width - len(r), 1, 32, 32)]) for r in rows])
-    save_image(grid, path, nrow=width, pad_value=0.5)
+    buffer = io.BytesIO()
+    save_image(grid, buffer, format="png", nrow=width, pad_value=0.5)
+    atomic_write_bytes(path, buffer.getvalue(), private=True)
 
 
 def serve_register(

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from crypson.cipher.alphabet import Alphabet
-from crypson.cipher.envelope import Envelope, seal, verify
+from crypson.cipher.envelope import Envelope, check_stream, seal, verify
 from crypson.cipher.keys import SecretKey, derive_message_keys, new_nonce, xor_with_stream
 from crypson.cipher.masks import MaskScheme, get_scheme
 from crypson.inference import inference_chunk
@@ -203,7 +203,7 @@ def _context(models: CipherModels, scheme: MaskScheme) -> dict[str, str]:
 
 def encrypt(models: CipherModels, texts: list[str], key: SecretKey, scheme: MaskScheme,
             replace: str | None = None, candidates: int = DEFAULT_CANDIDATES,
-            allow_misread: bool = False) -> list[Envelope]:
+            allow_misread: bool = False, one_stream: bool = True) -> list[Envelope]:
     """Encrypt each text into its own envelope (fresh nonce each).
 
     Args:
@@ -216,6 +216,9 @@ def encrypt(models: CipherModels, texts: list[str], key: SecretKey, scheme: Mask
             back with the largest margin is sent (`draw_candidates`).
         allow_misread: send a character that no candidate reads back (its largest-margin candidate),
             with a warning that gives the count only; False refuses the whole call.
+        one_stream: the texts are the parts of one stream (the lines of one input), bound in order
+            under their tags (`envelope.check_stream`); False: each text is a stream of its own (the
+            server's independent rows).
     Raises:
         MisreadError: a character has no candidate read back, and misreads are not allowed. The
             message gives the count, never the text.
@@ -229,7 +232,8 @@ def encrypt(models: CipherModels, texts: list[str], key: SecretKey, scheme: Mask
     checked = draw_candidates(models, torch.from_numpy(class_index), candidates, scheme.received)
     misread = int((~checked.read_back.numpy() & ~spaces).sum())  # a space's decoy is never read as a letter
     if misread:
-        found = (f"{misread} of {int((~spaces).sum())} characters would be misread by the receiver's classifier "
+        # The count of misread characters only: a total of letters would give away the number of spaces.
+        found = (f"{misread} character{'s' if misread > 1 else ''} would be misread by the receiver's classifier "
                  f"({candidates} candidate image{'s' if candidates > 1 else ''} each)")
         if not allow_misread:
             raise MisreadError(f"{found}; nothing was sent. The models are too weak for them: retrain, raise "
@@ -238,13 +242,15 @@ def encrypt(models: CipherModels, texts: list[str], key: SecretKey, scheme: Mask
     latents = checked.latents
     envelopes, start = [], 0
     context = _context(models, scheme)
-    for message in encoded:
+    stream = new_nonce()
+    for part, message in enumerate(encoded):
         count = len(message.class_index)
         nonce = new_nonce()
         keys = derive_message_keys(key, nonce)
         payload = scheme.mask(latents[start : start + count], keys.mask_key)
         flags = xor_with_stream(keys.flags_key, np.packbits(message.is_space).tobytes())
-        envelopes.append(seal(scheme.name, nonce, context, count, flags, payload, keys.mac_key))
+        place = {"stream": stream, "part": part, "final": part == len(encoded) - 1} if one_stream else {}
+        envelopes.append(seal(scheme.name, nonce, context, count, flags, payload, keys.mac_key, **place))
         start += count
     return envelopes
 
@@ -259,11 +265,16 @@ def scheme_for(envelope: Envelope, latent_dim: int) -> MaskScheme:
     return get_scheme(envelope.scheme, latent_dim, **settings)
 
 
-def decrypt(models: CipherModels, envelopes: list[Envelope], key: SecretKey) -> list[Decrypted]:
+def decrypt(models: CipherModels, envelopes: list[Envelope], key: SecretKey,
+            one_stream: bool = True) -> list[Decrypted]:
     """Verify every tag first, then unmask and classify all characters in one pass.
 
+    Args:
+        one_stream: the envelopes must be one whole stream, in order (the lines of one encryption);
+            False: each must be a whole one-part stream (the server's independent rows).
     Raises:
         AuthenticationError: wrong key or a modified ciphertext (no plaintext is produced).
+        StreamError: a part missing, repeated, reordered, foreign, or the final part missing.
         ModelMismatchError: the envelope names other model versions than the loaded ones.
     """
     unmasked, flags = [], []
@@ -278,6 +289,8 @@ def decrypt(models: CipherModels, envelopes: list[Envelope], key: SecretKey) -> 
         unmasked.append(scheme.unmask(envelope.payload, envelope.count, keys.mask_key))
         bits = xor_with_stream(keys.flags_key, envelope.flags)
         flags.append(np.unpackbits(np.frombuffer(bits, np.uint8))[: envelope.count].astype(bool))
+    for stream in [envelopes] if one_stream else [[envelope] for envelope in envelopes]:
+        check_stream(stream)
     latents = torch.cat(unmasked) if unmasked else torch.zeros(0, models.vae.latent_dim)
     predicted = classify_latents(models, latents).numpy()
     results, start = [], 0

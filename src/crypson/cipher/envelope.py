@@ -7,26 +7,37 @@ Binary layout (all integers big-endian):
     4       1     format version (1)
     5       1     scheme id (index into SCHEMES)
     6       16    nonce
-    22      4     count: characters in the message (uint32)
-    26      2     length m of the models JSON (uint16)
-    28      m     models: canonical JSON (sorted keys, no spaces), registered model name -> version
-    28+m    f     flags: encrypted space bitmap, f = ceil(count / 8)
+    22      16    stream: id shared by the parts of one encryption (a one-part stream uses its nonce)
+    38      4     part: this message's index in its stream (uint32, from 0)
+    42      1     final: 1 on the stream's last part, else 0
+    43      4     count: characters in the message (uint32)
+    47      2     length m of the models JSON (uint16)
+    49      m     models: canonical JSON (sorted keys, no spaces), registered model name -> version
+    49+m    f     flags: encrypted space bitmap, f = ceil(count / 8)
     ...     4     payload length p (uint32)
     ...     p     payload: masked latents
     ...     32    tag: HMAC-SHA256 (RFC 2104) under the message's MAC subkey over every byte before it
 
-Fixed overhead: FIXED_BYTES = 64 (28 header + 4 payload length + 32 tag). The tag always covers the
+Fixed overhead: FIXED_BYTES = 85 (49 header + 4 payload length + 32 tag). The tag always covers the
 canonical binary encoding, whichever form (binary or JSON) carries the envelope, so the two convert
 into each other without re-sealing.
+
+Streams: the messages of one `crypson encrypt` (one a line) are the parts of one stream, as in the
+STREAM construction (Hoang, Reyhanitabar, Rogaway & Vizar 2015): the stream id, the part's index and
+the final flag sit under each part's tag, so `check_stream` refuses a missing, repeated, reordered or
+foreign part, and a stream cut before its final part. Size bound: MAX_CIPHERTEXT_BYTES for one
+envelope, checked before any parsing.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import re
 import struct
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,22 +47,26 @@ from cryptography.hazmat.primitives import hashes, hmac
 
 from crypson.cipher.keys import KEY_BYTES, NONCE_BYTES
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: stream, part and final under the tag (1 had none)
 SCHEMES = ("report", "keyed-timestep", "keyed-gaussian", "keyed-modular")  # position = stable one-byte id
 MAGIC = b"CRYP"
 TAG_BYTES = 32  # HMAC-SHA256 output
 MAC_KEY_BYTES = KEY_BYTES
 
-# magic, version, scheme id, nonce, count, models length: the part read before anything variable.
-_HEADER = struct.Struct(">4sBB16sIH")
+# magic, version, scheme id, nonce, stream, part, final, count, models length: read before anything variable.
+_HEADER = struct.Struct(">4sBB16s16sIBIH")
 _PAYLOAD_LENGTH = struct.Struct(">I")
-HEADER_BYTES = _HEADER.size  # 28
-FIXED_BYTES = HEADER_BYTES + _PAYLOAD_LENGTH.size + TAG_BYTES  # 64
+HEADER_BYTES = _HEADER.size  # 49
+FIXED_BYTES = HEADER_BYTES + _PAYLOAD_LENGTH.size + TAG_BYTES  # 85
+STREAM_ID_BYTES = 16
+# One envelope's largest form: ~43 bytes a character in JSON (16-byte latents in base64), so about
+# 24,000 characters a line. Checked on the raw input before any parsing.
+MAX_CIPHERTEXT_BYTES = 1 << 20
 
 _MAX_UINT32 = 2**32 - 1
 _MAX_MODELS = 32
 _MODEL_TEXT = re.compile(r"[A-Za-z0-9._:/+@-]{1,64}")
-_JSON_FIELDS = ("crypson", "scheme", "nonce", "models", "count", "flags", "payload", "tag")
+_JSON_FIELDS = ("crypson", "scheme", "nonce", "stream", "part", "final", "models", "count", "flags", "payload", "tag")
 
 
 class CiphertextError(ValueError):
@@ -68,6 +83,10 @@ class UnsupportedVersionError(CiphertextError):
 
 class UnknownSchemeError(CiphertextError):
     """A mask scheme id or name outside SCHEMES."""
+
+
+class StreamError(CiphertextError):
+    """The parts of a stream are not all there, once each, in order (see `check_stream`)."""
 
 
 class AuthenticationError(CiphertextError):
@@ -90,6 +109,9 @@ class Envelope:
         flags: encrypted per-character bitmap, ceil(count / 8) bytes.
         payload: masked latents.
         tag: HMAC-SHA256 over `authenticated_bytes(self)`.
+        stream: 16-byte id shared by the parts of one encryption.
+        part: index of this message in its stream, from 0.
+        final: True on the stream's last part.
     """
 
     version: int
@@ -100,14 +122,23 @@ class Envelope:
     flags: bytes
     payload: bytes
     tag: bytes
+    stream: bytes
+    part: int
+    final: bool
 
     def __post_init__(self) -> None:
         _check_version(self.version)
         _check_scheme(self.scheme)
-        for name in ("nonce", "flags", "payload", "tag"):
+        for name in ("nonce", "flags", "payload", "tag", "stream"):
             object.__setattr__(self, name, _as_bytes(getattr(self, name), name))
         if len(self.nonce) != NONCE_BYTES:
             raise FormatError(f"nonce must be {NONCE_BYTES} bytes, got {len(self.nonce)}")
+        if len(self.stream) != STREAM_ID_BYTES:
+            raise FormatError(f"stream id must be {STREAM_ID_BYTES} bytes, got {len(self.stream)}")
+        if not _is_int(self.part) or not 0 <= self.part <= _MAX_UINT32:
+            raise FormatError(f"part must be an int in [0, {_MAX_UINT32}], got {self.part!r}")
+        if not isinstance(self.final, bool):
+            raise FormatError(f"final must be a bool, got {type(self.final).__name__}")
         object.__setattr__(self, "models", _checked_models(self.models))
         if not _is_int(self.count) or not 0 <= self.count <= _MAX_UINT32:
             raise FormatError(f"count must be an int in [0, {_MAX_UINT32}], got {self.count!r}")
@@ -172,7 +203,7 @@ def authenticated_bytes(envelope: Envelope) -> bytes:
     """
     models = _models_json(envelope.models)
     header = _HEADER.pack(MAGIC, envelope.version, SCHEMES.index(envelope.scheme), envelope.nonce,
-                          envelope.count, len(models))
+                          envelope.stream, envelope.part, int(envelope.final), envelope.count, len(models))
     return b"".join((header, models, envelope.flags, _PAYLOAD_LENGTH.pack(len(envelope.payload)), envelope.payload))
 
 
@@ -187,7 +218,7 @@ def _mac(mac_key: bytes, envelope: Envelope) -> hmac.HMAC:
 
 
 def seal(scheme: str, nonce: bytes, models: Mapping[str, str], count: int, flags: bytes, payload: bytes,
-         mac_key: bytes) -> Envelope:
+         mac_key: bytes, stream: bytes | None = None, part: int = 0, final: bool = True) -> Envelope:
     """Build an envelope and tag it (encrypt-then-MAC: `flags` and `payload` are already encrypted).
 
     Args:
@@ -198,14 +229,35 @@ def seal(scheme: str, nonce: bytes, models: Mapping[str, str], count: int, flags
         flags: encrypted per-character bitmap, ceil(count / 8) bytes.
         payload: masked latents.
         mac_key: the message's 32-byte MAC subkey.
+        stream, part, final: the message's place in its stream; by default a one-part stream whose
+            id is the nonce.
 
     Returns:
         The sealed envelope.
     """
-    unsigned = Envelope(FORMAT_VERSION, scheme, nonce, models, count, flags, payload, bytes(TAG_BYTES))
-    tag = _mac(mac_key, unsigned).finalize()
-    return Envelope(unsigned.version, unsigned.scheme, unsigned.nonce, unsigned.models, unsigned.count,
-                    unsigned.flags, unsigned.payload, tag)
+    unsigned = Envelope(FORMAT_VERSION, scheme, nonce, models, count, flags, payload, bytes(TAG_BYTES),
+                        nonce if stream is None else stream, part, final)
+    return dataclasses.replace(unsigned, tag=_mac(mac_key, unsigned).finalize())
+
+
+def check_stream(envelopes: list[Envelope]) -> None:
+    """Refuse unless the envelopes are one whole stream in order: one id, parts 0..n-1, the last final.
+
+    Call it on authenticated envelopes (after `verify`): the fields it reads are under the tag.
+
+    Raises:
+        StreamError: names the first line (1-based) that is foreign, out of place, or the missing end.
+    """
+    for line, envelope in enumerate(envelopes, 1):
+        if envelope.stream != envelopes[0].stream:
+            raise StreamError(f"line {line} belongs to another encryption than line 1: streams were mixed")
+        if envelope.part != line - 1:
+            raise StreamError(f"line {line} is part {envelope.part + 1} of its stream: a part is missing, "
+                              "repeated or out of order")
+        if envelope.final and line != len(envelopes):
+            raise StreamError(f"line {line} is the stream's last part, but {len(envelopes) - line} more follow")
+    if envelopes and not envelopes[-1].final:
+        raise StreamError(f"the stream ends after part {len(envelopes)} without its final part: it was cut short")
 
 
 def verify(envelope: Envelope, mac_key: bytes) -> None:
@@ -241,6 +293,7 @@ def from_bytes(data: bytes) -> Envelope:
         UnknownSchemeError: a scheme id outside SCHEMES.
     """
     data = _as_bytes(data, "ciphertext")
+    _check_size(len(data))
     if data[: len(MAGIC)] != MAGIC:
         raise FormatError(f"not a Crypson ciphertext: it does not start with {MAGIC!r}")
     version = _take(data, 4, 1, "version")[0]
@@ -249,7 +302,9 @@ def from_bytes(data: bytes) -> Envelope:
     if scheme_id >= len(SCHEMES):
         raise UnknownSchemeError(f"unknown mask scheme id {scheme_id}; allowed: "
                                  + ", ".join(f"{i} ({name})" for i, name in enumerate(SCHEMES)))
-    _, _, _, nonce, count, models_length = _HEADER.unpack(_take(data, 0, HEADER_BYTES, "header"))
+    _, _, _, nonce, stream, part, final, count, models_length = _HEADER.unpack(_take(data, 0, HEADER_BYTES, "header"))
+    if final not in (0, 1):
+        raise FormatError(f"final flag must be 0 or 1, got {final}")
     offset = HEADER_BYTES
     models = _parse_models_json(_take(data, offset, models_length, "models"))
     offset += models_length
@@ -263,7 +318,7 @@ def from_bytes(data: bytes) -> Envelope:
     offset += TAG_BYTES
     if offset != len(data):
         raise FormatError(f"ciphertext has {len(data) - offset} trailing bytes after the tag")
-    return Envelope(version, SCHEMES[scheme_id], nonce, models, count, flags, payload, tag)
+    return Envelope(version, SCHEMES[scheme_id], nonce, models, count, flags, payload, tag, stream, part, bool(final))
 
 
 def _parse_models_json(raw: bytes) -> dict[str, str]:
@@ -290,6 +345,9 @@ def to_json(envelope: Envelope) -> str:
         "crypson": envelope.version,
         "scheme": envelope.scheme,
         "nonce": _b64encode(envelope.nonce),
+        "stream": _b64encode(envelope.stream),
+        "part": envelope.part,
+        "final": envelope.final,
         "models": dict(sorted(envelope.models.items())),
         "count": envelope.count,
         "flags": _b64encode(envelope.flags),
@@ -312,12 +370,18 @@ def _b64_field(document: dict[str, Any], field: str) -> bytes:
     return decoded
 
 
+def _check_size(size: int) -> None:
+    if size > MAX_CIPHERTEXT_BYTES:
+        raise FormatError(f"ciphertext of {size} bytes is over the limit of {MAX_CIPHERTEXT_BYTES} bytes a message")
+
+
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """json object hook: a repeated field would let two readers see two different values."""
+    """json object hook: a repeated field would let two readers see two different values. Linear time."""
     document = dict(pairs)
     if len(document) != len(pairs):
-        repeated = sorted({key for key, _ in pairs if sum(1 for k, _ in pairs if k == key) > 1})
-        raise FormatError(f"repeated field(s): {', '.join(repeated)}")
+        repeated = sorted(key for key, times in Counter(key for key, _ in pairs).items() if times > 1)
+        shown = ", ".join(repeated[:5]) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
+        raise FormatError(f"repeated field(s): {shown}")
     return document
 
 
@@ -329,8 +393,11 @@ def from_json(text: str | bytes) -> Envelope:
         UnsupportedVersionError: "crypson" is not FORMAT_VERSION.
         UnknownSchemeError: "scheme" is not in SCHEMES.
     """
+    _check_size(len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text))
     try:
         document = json.loads(text, object_pairs_hook=_refuse_duplicates)
+    except RecursionError:
+        raise FormatError("ciphertext JSON is nested too deeply (an envelope is one flat object)") from None
     except (UnicodeDecodeError, ValueError) as error:
         detail = str(error) if isinstance(error, FormatError) else "ciphertext is not valid JSON"
         raise FormatError(detail) from None
@@ -351,8 +418,12 @@ def from_json(text: str | bytes) -> Envelope:
         raise FormatError(f"field 'scheme': expected a string, got {type(document['scheme']).__name__}")
     if not isinstance(document["models"], dict):
         raise FormatError(f"field 'models': expected an object, got {type(document['models']).__name__}")
-    if not _is_int(document["count"]):
-        raise FormatError(f"field 'count': expected an integer, got {type(document['count']).__name__}")
+    for field in ("count", "part"):
+        if not _is_int(document[field]):
+            raise FormatError(f"field {field!r}: expected an integer, got {type(document[field]).__name__}")
+    if not isinstance(document["final"], bool):
+        raise FormatError(f"field 'final': expected true or false, got {type(document['final']).__name__}")
     return Envelope(document["crypson"], document["scheme"], _b64_field(document, "nonce"), document["models"],
                     document["count"], _b64_field(document, "flags"), _b64_field(document, "payload"),
-                    _b64_field(document, "tag"))
+                    _b64_field(document, "tag"), _b64_field(document, "stream"), document["part"],
+                    document["final"])

@@ -11,6 +11,7 @@ import errno
 import os
 import secrets
 import shlex
+import stat
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -117,31 +118,46 @@ def write_key_file(path: Path, key: SecretKey | None = None) -> SecretKey:
     return key
 
 
-def read_key_file(path: Path) -> SecretKey:
+def read_key_file(path: Path, follow_symlinks: bool = False) -> SecretKey:
     """Read a key file written by `write_key_file`, refusing one that others may read (like ssh).
 
     Args:
-        path: the key file.
+        path: the key file: a regular file owned by the current user.
+        follow_symlinks: read through a symbolic link at `path` (its target is checked the same way).
 
     Returns:
         The key.
 
     Raises:
         FileNotFoundError: no such file.
-        PermissionError: the file grants any access to group or others.
-        ValueError: the content is not 64 hex characters (the content is never echoed).
+        PermissionError: the file grants any access to group or others, or another user owns it.
+        ValueError: not a regular file (a FIFO, a device, a folder), a symbolic link when not
+            followed, or content that is not 64 hex characters (the content is never echoed).
     """
     path = Path(path)
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: a link is refused unless asked.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
     try:
-        descriptor = os.open(path, os.O_RDONLY)
+        descriptor = os.open(path, flags)
     except FileNotFoundError:
         raise FileNotFoundError(errno.ENOENT, "key file not found", str(path)) from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ValueError(f"key file {path} is a symbolic link; pass its target (or follow it explicitly)") from None
+        raise
+    # fstat on the open file, not stat on the path: no window for a swap in between.
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(descriptor)
+        raise ValueError(f"key file {path} is not a regular file (a FIFO, device or folder); a key file is "
+                         "what `crypson keygen` writes")
     with os.fdopen(descriptor, "rb") as stream:
-        # fstat on the open file, not stat on the path: no window for a swap in between.
-        mode = os.fstat(stream.fileno()).st_mode & 0o777
+        mode = info.st_mode & 0o777
         if os.name == "posix" and mode & 0o077:
             raise PermissionError(
                 f"permissions {mode:04o} for '{path}' are too open; run chmod 600 {shlex.quote(str(path))}")
+        if os.name == "posix" and info.st_uid != os.getuid():
+            raise PermissionError(f"key file {path} is owned by uid {info.st_uid}, not by you (uid {os.getuid()})")
         content = stream.read(_MAX_KEY_FILE_BYTES + 1)
     if len(content) > _MAX_KEY_FILE_BYTES:
         raise ValueError(f"{path}: not a key file (over {_MAX_KEY_FILE_BYTES} bytes)")

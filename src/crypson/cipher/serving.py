@@ -17,6 +17,7 @@ was registered with `--allow-misread`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -32,6 +33,9 @@ from crypson.cipher.keys import key_from_env
 from crypson.tracking import MODEL_NAMES, alias_versions, pip_requirements, register_version
 
 SERVED_NAME = "crypson-cipher"
+# A served encrypt row's longest text: about one envelope's size bound (envelope.MAX_CIPHERTEXT_BYTES).
+MAX_TEXT_CHARACTERS = 20_000
+log = logging.getLogger(__name__)
 
 
 class CipherService(mlflow.pyfunc.PythonModel):
@@ -79,24 +83,31 @@ class CipherService(mlflow.pyfunc.PythonModel):
             values = [row.get(field) for row in batch]
             if not all(isinstance(value, str) for value in values):
                 raise ValueError(f"each {operation} row needs a string {field!r}")
+            longest = max(len(value) for value in values)
+            if operation == "encrypt" and longest > MAX_TEXT_CHARACTERS:
+                raise ValueError(f"text of {longest} characters is over the limit of {MAX_TEXT_CHARACTERS} a row")
             if operation == "encrypt":
                 return [{"ciphertext": to_json(e)} for e in encrypt(self.models, values, self.key, self.scheme,
                                                                         candidates=self.candidates,
-                                                                        allow_misread=self.allow_misread)]
+                                                                        allow_misread=self.allow_misread,
+                                                                        one_stream=False)]
             envelopes = [from_json(value) for value in values]
-            return [{"text": d.text} for d in decrypt(self.models, envelopes, self.key)]
+            return [{"text": d.text} for d in decrypt(self.models, envelopes, self.key, one_stream=False)]
 
         if not rows:
             return []
         try:
             return call(rows)
-        except (AlphabetError, CiphertextError, ValueError):
+        except Exception:  # noqa: BLE001 - one bad row must not fail the batch: retry row by row
             results = []
             for row in rows:
                 try:
                     results.extend(call([row]))
                 except (AlphabetError, CiphertextError, ValueError) as error:
                     results.append({"error": str(error)})
+                except Exception:  # noqa: BLE001 - logged here; the client gets no trace or path
+                    log.exception("crypson-cipher: %s row failed", operation)
+                    results.append({"error": f"internal error while processing this {operation} row"})
             return results
 
 

@@ -54,6 +54,19 @@ def _sender_check(classes: tuple[str, ...], labels: torch.Tensor, checked: codec
                        tuple(r.numel() for r in per_class), float((~checked.read_back).float().mean()))
 
 
+def advantage_lower_bound(results: list) -> float:
+    """The promotion gate's statistic: the largest lower 95% bound of any attacker's advantage.
+
+    Each attacker's bound is its advantage at the low end of its accuracy's Wilson interval, so the
+    gate blocks a champion when some attacker is shown to beat the threshold, not when sampling noise
+    lifts a point estimate. NaN when a bound cannot be measured (receiver at chance); empty: NaN.
+    """
+    bounds = [advantage(r.ci_low, r.chance, r.receiver_accuracy) for r in results]
+    if not bounds or any(math.isnan(b) for b in bounds):
+        return math.nan
+    return max(bounds)
+
+
 def _finite(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 6)
 
@@ -125,8 +138,7 @@ def attack(config: Config, layout: Layout, context: tracking.TrackingContext) ->
         "default_scheme_max_advantage": _finite(max(r.advantage for r in default)),
         # The gate reads the lower 95% bound: it blocks promotion when an attacker is shown to beat
         # the threshold, not when sampling noise lifts a point estimate above it.
-        "default_scheme_max_advantage_ci_low": _finite(max(advantage(r.ci_low, r.chance, r.receiver_accuracy)
-                                                           for r in default)),
+        "default_scheme_max_advantage_ci_low": _finite(advantage_lower_bound(default)),
         "advantage": {s: {r.attacker: _finite(r.advantage) for r in results if r.scheme == s} for s in SCHEMES},
         "inversion_psnr_db": {r.scheme: {} for r in images},
         "inversion_ssim": {r.scheme: {} for r in images},
