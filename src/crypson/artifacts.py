@@ -83,3 +83,15 @@ def load_model(path: Path, kind: str, device: torch.device | str = "cpu") -> tup
     module = build(kind, payload["hparams"])
     module.load_state_dict(payload["state_dict"])
     return module.to(device).eval(), tuple(payload["classes"])
+
+
+def refuse_pickle_loads() -> None:
+    """From here on, every `torch.load` in this process is weights-only, whatever its caller asks.
+
+    For processes that hold the key (the cipher CLI, the served cipher): a pickled object found in
+    a model store cannot run code there, even through a library that would unpickle it.
+    """
+    import os
+
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"

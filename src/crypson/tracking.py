@@ -1,5 +1,8 @@
 """MLflow: runs grouped by pipeline execution, verified model logging, registry and aliases.
 
+Networks are logged as weights files + the code that rebuilds them (MLflow "models from code"), never
+pickled; each version records its weights' SHA-256, checked whenever the cipher loads it.
+
 Registered models carry aliases (`candidate` on every new version, `champion` only through
 the evaluation's gates) instead of the deprecated stages. A version is created only after its
 artifacts were uploaded and loaded back; if anything fails after that, the version is deleted,
@@ -8,6 +11,7 @@ so the registry never holds a version without its model.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -175,43 +179,131 @@ def log_epoch_metrics(epoch: int, metrics: dict[str, float]) -> None:
     mlflow.log_metrics(metrics, step=epoch)
 
 
-def log_model_verified(
-    model: nn.Module, name: str, probe: tuple[torch.Tensor, ...],
+# The models-from-code file MLflow stores beside each network's weights (no pickle anywhere).
+NETWORK_CODE = Path(__file__).with_name("registry_network.py")
+WEIGHTS_SHA256_TAG, WEIGHTS_FILE_TAG = "weights_sha256", "weights_file"
+
+
+class WeightsIntegrityError(ValueError):
+    """A registered network's weights file is not the one its version recorded, or needs pickle."""
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class LoggedNetwork:
+    """A network logged to MLflow: its model URI and what its version must record."""
+
+    model_uri: str
+    sha256: str
+    file: str
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {WEIGHTS_SHA256_TAG: self.sha256, WEIGHTS_FILE_TAG: self.file}
+
+
+def log_network(
+    model: nn.Module, weights: Path, kind: str, name: str, probe: tuple[torch.Tensor, ...],
     compare: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor],
-) -> str:
-    """Log `model`, load it back and check it computes what the original does.
+) -> LoggedNetwork:
+    """Log a network as its weights file + the code that rebuilds it; load it back and check it.
+
+    Nothing is pickled: the artifact is the `crypson.artifacts` file (tensors and plain
+    hyper-parameters, loaded with `weights_only=True`) and the model's code is `registry_network.py`
+    (MLflow "models from code"). The loaded-back copy must compute what `model` does.
 
     Args:
-        model: the trained module (eval mode is set here).
+        model: the trained module (eval mode is set here), saved in `weights`.
+        weights: its `crypson.artifacts` file.
+        kind: generator | vae | classifier (what `artifacts.load_model` rebuilds).
         name: artifact name within the run.
-        probe: example inputs.
-        compare: function(model, probe) -> a tensor to compare between original and loaded.
+        probe: example inputs; compare: function(model, probe) -> a tensor compared between the two.
     Returns:
-        The logged model's URI, for registration.
+        The model URI for registration, with the SHA-256 its version records (`LoggedNetwork.tags`).
     """
     model = model.cpu().eval()
-    # MLflow 3 defaults to the torch.export ("pt2") format, which needs a single-tensor example
-    # and cannot express the generator's two inputs or the VAE's tuple output: pickle instead.
-    pytorch_log = logging.getLogger("mlflow.pytorch")
-    level = pytorch_log.level
-    pytorch_log.setLevel(logging.ERROR)  # its warning about pickle is the choice made above
+    logged = LoggedNetwork("", file_sha256(weights), Path(weights).name)
     try:
-        info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
-                                        pip_requirements=pip_requirements())
+        info = mlflow.pyfunc.log_model(name=name, python_model=str(NETWORK_CODE), artifacts={"weights": str(weights)},
+                                       model_config={"kind": kind}, pip_requirements=pip_requirements())
     except Exception as error:
         if not _is_connection_error(error):
             raise
         raise TrackingUnavailableError(
             f"uploading model {name!r} to the artifact store {mlflow.get_artifact_uri()} failed ({error}); "
             "nothing was registered: start the store (`crypson stack up`) and re-run the stage") from error
-    finally:
-        pytorch_log.setLevel(level)
-    loaded = mlflow.pytorch.load_model(info.model_uri, map_location="cpu").eval()
+    logged = LoggedNetwork(info.model_uri, logged.sha256, logged.file)
+    location = mlflow.get_logged_model(info.model_id).artifact_location  # where the upload went
+    loaded, _ = _load_verified(location, kind, logged.file, logged.sha256, f"logged model {name!r}", "cpu")
     with torch.no_grad():
         expected, actual = compare(model, probe), compare(loaded, probe)
     if not torch.allclose(expected, actual, atol=1e-6):
         raise RuntimeError(f"model {name!r} loaded back from MLflow computes different outputs; not registering it")
-    return info.model_uri
+    return logged
+
+
+def _download_verified(model_uri: str, file: str, sha256: str, what: str) -> Path:
+    """Download `file` of a logged model (a models:/name/version URI or its artifact location) and check
+    its SHA-256 against the recorded one."""
+    path = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri}/artifacts/{file}"))
+    actual = file_sha256(path)
+    if actual != sha256:
+        raise WeightsIntegrityError(f"{what}: weights file {file} has SHA-256 {actual}, but {sha256} was recorded "
+                                    "at registration: the artifact store was changed; refusing to load it")
+    return path
+
+
+def load_weights_only(path: Path, kind: str, what: str,
+                      device: torch.device | str = "cpu") -> tuple[nn.Module, tuple[str, ...]]:
+    """`artifacts.load_model` (weights_only=True), a file that needs pickle refused by name."""
+    import pickle
+
+    from crypson import artifacts
+
+    try:
+        return artifacts.load_model(path, kind, device)
+    except pickle.UnpicklingError as error:
+        raise WeightsIntegrityError(f"{what}: {Path(path).name} is not a weights-only file; refusing to unpickle "
+                                    f"it ({str(error).splitlines()[0][:120]})") from None
+
+
+def _load_verified(model_uri: str, kind: str, file: str, sha256: str, what: str,
+                   device: torch.device | str) -> tuple[nn.Module, tuple[str, ...]]:
+    return load_weights_only(_download_verified(model_uri, file, sha256, what), kind, what, device)
+
+
+def registered_weights(name: str, version: str) -> tuple[Path, str]:
+    """A registered version's weights file, downloaded and checked against its SHA-256 tag; (path, sha256).
+
+    Raises:
+        WeightsIntegrityError: no recorded hash (registered before hashes were) or a different file;
+            the message names the model and version.
+    """
+    tags = MlflowClient().get_model_version(name, version).tags
+    sha256, file = tags.get(WEIGHTS_SHA256_TAG), tags.get(WEIGHTS_FILE_TAG)
+    if not sha256 or not file:
+        raise WeightsIntegrityError(f"{name} v{version} records no weights SHA-256 (registered by an older, "
+                                    "pickling version of crypson): re-run the pipeline to register it again")
+    return _download_verified(f"models:/{name}/{version}", file, sha256, f"{name} v{version}"), sha256
+
+
+def load_registered_network(name: str, version: str, kind: str,
+                            device: torch.device | str = "cpu") -> tuple[nn.Module, tuple[str, ...]]:
+    """A registered version's network, rebuilt from code, weights-only, its SHA-256 checked (`registered_weights`).
+
+    Raises:
+        WeightsIntegrityError: see `registered_weights`; or a file that needs pickle.
+    """
+    path, _ = registered_weights(name, version)
+    return load_weights_only(path, kind, f"{name} v{version}", device)
 
 
 def _is_connection_error(error: BaseException) -> bool:
@@ -231,7 +323,7 @@ def _is_connection_error(error: BaseException) -> bool:
 
 
 def pip_requirements() -> list[str]:
-    """Pinned requirements of a logged model: it unpickles classes from the crypson package.
+    """Pinned requirements of a logged model: its code rebuilds the networks from the crypson package.
 
     crypson is not published on PyPI: serve with `--env-manager local` in an environment (or
     the project's image) where this version is installed, so nothing is fetched by name.

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -22,9 +23,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def post(port: int, records: list[dict]) -> list[dict]:
+TOKEN = "e2e-token-0123456789abcdef"
+
+
+def post(port: int, records: list[dict], token: str | None = TOKEN) -> list[dict]:
+    body = {"dataframe_records": records} | ({"params": {"token": token}} if token is not None else {})
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/invocations", data=json.dumps({"dataframe_records": records}).encode(),
+        f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())["predictions"]
@@ -39,6 +44,7 @@ def served(pipeline, tmp_path):
     key = os.urandom(32)
     port = free_port()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "CRYPSON_KEY": key.hex(),
+           "CRYPSON_SERVE_TOKEN": TOKEN,
            "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
     log = (tmp_path / "server.log").open("wb")
     server = subprocess.Popen(
@@ -64,6 +70,10 @@ def served(pipeline, tmp_path):
 
 def test_served_model_encrypts_and_decrypts_over_http(served):
     repo, port, key, log = served
+    for token in (None, "not-the-token-but-long"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            post(port, [{"operation": "encrypt", "text": "Hi"}], token)
+        assert refused.value.code == 401 and b"authentication required" in refused.value.read()
     encrypted = post(port, [{"operation": "encrypt", "text": "Hello World 42"},
                             {"operation": "encrypt", "text": "Hi!"},
                             {"operation": "rot13", "text": "x"}])
@@ -77,6 +87,20 @@ def test_served_model_encrypts_and_decrypts_over_http(served):
     text = decrypted[0]["text"]
     assert len(text) == 14 and [c == " " for c in text] == [c == " " for c in "Hello World 42"]
     assert "authentication failed" in decrypted[1]["error"]
+    # The served decrypt is the CLI's: same models, same key, same text.
+    by_cli = run(["crypson", "decrypt"], repo, stdin=encrypted[0]["ciphertext"] + "\n",
+                 env={"CRYPSON_KEY": key.hex()})
+    assert by_cli.stdout == text + "\n"
+    # A malformed row gets its own one-line error; the others are answered.
+    hostile = post(port, [{"operation": "decrypt", "ciphertext": "[" * 50_000 + "]" * 50_000},
+                          {"operation": "decrypt", "ciphertext": encrypted[0]["ciphertext"]}])
+    assert "nested too deeply" in hostile[0]["error"] and "\n" not in hostile[0]["error"]
+    assert hostile[1]["text"] == text
+    # Nothing in the served model is a pickle: weights files and the code that loads them.
+    served_files = [p for p in (repo / "mlartifacts").rglob("*") if p.is_file()]
+    assert not [p for p in served_files if p.suffix == ".pkl"]
+    models = [p.read_text() for p in served_files if p.name == "MLmodel"]
+    assert len(models) >= 4 and all("loader_module: mlflow.pyfunc.loaders.code_model" in m for m in models)
     # The key is in none of the served model's artifacts, the store, or the server's log.
     forms = [key.hex().encode(), key.hex().upper().encode(), base64.b64encode(key)]
     blobs = [log.read_bytes(), (repo / "mlflow.db").read_bytes()]

@@ -28,14 +28,19 @@ WORKER = textwrap.dedent("""
 
     go, passed, out = Path(sys.argv[1]), sys.argv[2] == "pass", Path(sys.argv[3])
     experiment = tracking.configure(sys.argv[4], "crypson-concurrency")
-    model = torch.nn.Linear(3, 2)
+    from crypson import artifacts
+
+    hparams = {"latent_dim": 2, "channels": [2, 2, 4, 4], "num_classes": 3, "hidden": 4, "dropout": 0.0}
+    model = artifacts.build("classifier", hparams).eval()
+    weights = out.with_suffix(".pt")
+    artifacts.save_model(weights, "classifier", hparams, model.state_dict(), ("A", "B", "C"))
     out.with_suffix(".ready").touch()
     while not go.exists():
         time.sleep(0.05)
     with mlflow.start_run(experiment_id=experiment):
-        uri = tracking.log_model_verified(model, "probe", (torch.ones(1, 3),), lambda m, p: m(*p))
+        uri = tracking.log_network(model, weights, "classifier", "probe", (torch.ones(1, 2),), lambda m, p: m(*p)).model_uri
         version = tracking.register_version(uri, sys.argv[5], {"gate": "pass" if passed else "fail"},
-                                            "Concurrency probe: a 3->2 linear layer.")
+                                            "Concurrency probe: a tiny latent classifier.")
     if passed:
         tracking.set_champion({sys.argv[5]: version})
     out.write_text(json.dumps({"version": version, "passed": passed}))

@@ -67,8 +67,11 @@ def registered(tmp_path, monkeypatch):
     context = tracking.TrackingContext(experiment, tracking.execution_run(experiment, "x", "pipeline", tags), tags)
     vae = VAE(latent_dim=2, channels=(2, 2, 4, 4)).eval()
     layout = Layout(tmp_path / "run")
+    weights = tmp_path / "vae.pt"
+    artifacts.save_model(weights, "vae", {"latent_dim": 2, "channels": [2, 2, 4, 4]}, vae.state_dict(), ("A",))
     with tracking.stage_run(context, "train_vae"):
-        uri = tracking.log_model_verified(vae, "vae", (torch.rand(1, 1, 32, 32),), lambda m, p: m.encode_mean(p[0]))
+        uri = tracking.log_network(vae, weights, "vae", "vae", (torch.rand(1, 1, 32, 32),),
+                                   lambda m, p: m.encode_mean(p[0])).model_uri
         for kind, name in tracking.MODEL_NAMES.items():
             tracking.register_version(uri, name, {}, "v")
             version = tracking.register_version(uri, name, {}, "v")

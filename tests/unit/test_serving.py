@@ -27,11 +27,16 @@ def service() -> serving.CipherService:
                                                             "crypson-classifier": "1"})
     service.scheme, service.key = get_scheme("keyed-modular"), generate_key()
     service.candidates, service.allow_misread = 1, True
+    service.operations = frozenset(serving.OPERATIONS)
+    service.token_digest = serving.token_digest_from_env({serving.TOKEN_ENV_VAR: TOKEN})
     return service
 
 
-def _predict(service, rows: list[dict]) -> list[dict]:
-    return service.predict(None, pd.DataFrame(rows))
+TOKEN = "correct horse battery staple"
+
+
+def _predict(service, rows: list[dict], token: str | None = TOKEN) -> list[dict]:
+    return service.predict(None, pd.DataFrame(rows), {"token": token} if token is not None else None)
 
 
 def test_rows_round_trip_each_on_its_own(service):
@@ -71,3 +76,35 @@ def test_an_unexpected_failure_answers_without_a_trace(service, monkeypatch, cap
     assert result == {"error": "internal error while processing this decrypt row"}
     assert "exploded" in caplog.text  # the server's log keeps the cause
     assert "/secret/path" not in json.dumps(result)
+
+
+def test_requests_without_the_token_are_refused_with_401(service):
+    from mlflow.exceptions import MlflowException
+
+    for token in (None, "", "wrong token, long enough", TOKEN + " "):
+        with pytest.raises(MlflowException, match="authentication required") as refused:
+            _predict(service, [{"operation": "encrypt", "text": "AB"}], token)
+        assert refused.value.get_http_status_code() == 401
+
+
+def test_a_deployment_allows_only_its_operations(service, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    sent = _predict(service, [{"operation": "encrypt", "text": "AB"}])[0]["ciphertext"]
+    monkeypatch.setattr(service, "operations", frozenset({"encrypt"}))
+    with pytest.raises(MlflowException, match="does not allow decrypt; it allows encrypt") as refused:
+        _predict(service, [{"operation": "encrypt", "text": "AB"}, {"operation": "decrypt", "ciphertext": sent}])
+    assert refused.value.get_http_status_code() == 403
+    assert "ciphertext" in _predict(service, [{"operation": "encrypt", "text": "AB"}])[0]
+
+
+def test_the_server_needs_a_token_and_valid_operations():
+    with pytest.raises(ValueError, match="CRYPSON_SERVE_TOKEN must hold .*at least 16 characters.*got 5"):
+        serving.token_digest_from_env({serving.TOKEN_ENV_VAR: "short"})
+    with pytest.raises(ValueError, match="got 0 characters"):
+        serving.token_digest_from_env({})
+    assert serving.check_operations(["encrypt"]) == {"encrypt"}
+    with pytest.raises(ValueError, match="operations must be one or both of decrypt, encrypt, got shred"):
+        serving.check_operations(["shred"])
+    with pytest.raises(ValueError, match="operations must be"):
+        serving.check_operations([])

@@ -1,11 +1,14 @@
 """The MLflow layer against a real (embedded SQLite) tracking store in a temporary folder."""
 
+from pathlib import Path
+from urllib.parse import urlparse
+
 import mlflow
 import pytest
 import torch
 from mlflow import MlflowClient
 
-from crypson import tracking
+from crypson import artifacts, tracking
 from crypson.models.vae import VAE
 
 
@@ -36,24 +39,83 @@ def test_stage_runs_of_one_execution_share_a_parent(store):
     assert MlflowClient().get_run(run_id).data.params == {"vae.lr": "0.1", "vae.epochs": "3"}
 
 
-def test_logged_model_loads_back_and_registers_with_candidate(store):
+def _logged_vae(tmp_path) -> tuple[VAE, tracking.LoggedNetwork]:
+    """A tiny VAE saved as a weights file and logged (inside an active run)."""
     vae = VAE(latent_dim=2, channels=(2, 2, 4, 4)).eval()
-    probe = (torch.rand(2, 1, 32, 32),)
+    weights = tmp_path / "vae.pt"
+    artifacts.save_model(weights, "vae", {"latent_dim": 2, "channels": [2, 2, 4, 4]}, vae.state_dict(), ("A", "B"))
+    return vae, tracking.log_network(vae, weights, "vae", "vae", (torch.rand(2, 1, 32, 32),),
+                                     lambda m, p: m.encode_mean(p[0]))
+
+
+def test_logged_model_loads_back_and_registers_with_candidate(store, tmp_path):
+    probe = torch.rand(2, 1, 32, 32)
     with tracking.stage_run(_context(store), "train_vae"):
-        uri = tracking.log_model_verified(vae, "vae", probe, lambda m, p: m.encode_mean(p[0]))
-        version = tracking.register_version(uri, "crypson-vae", {"git_commit": "abc123"}, "test model")
+        vae, logged = _logged_vae(tmp_path)
+        version = tracking.register_version(logged.model_uri, "crypson-vae", {"git_commit": "abc123", **logged.tags},
+                                            "test model")
     client = MlflowClient()
     registered = client.get_model_version_by_alias("crypson-vae", tracking.CANDIDATE)
     assert str(registered.version) == version == "1"
     assert registered.tags["git_commit"] == "abc123"
-    loaded = mlflow.pytorch.load_model("models:/crypson-vae@candidate")
-    assert torch.allclose(loaded.encode_mean(probe[0]), vae.encode_mean(probe[0]))
+    assert registered.tags["weights_sha256"] == tracking.file_sha256(tmp_path / "vae.pt")
+    loaded, classes = tracking.load_registered_network("crypson-vae", version, "vae")
+    assert classes == ("A", "B") and torch.allclose(loaded.encode_mean(probe), vae.encode_mean(probe))
+    # The version is also a pyfunc (models from code): images in, latent means out.
+    served = mlflow.pyfunc.load_model("models:/crypson-vae@candidate")
+    out = served.predict(probe.reshape(2, -1).numpy())
+    assert torch.allclose(torch.from_numpy(out), vae.encode_mean(probe), atol=1e-6)
+    stored = Path(mlflow.artifacts.download_artifacts("models:/crypson-vae/1"))
+    # Models from code: MLflow's code loader, no pickled python_model.pkl.
+    assert not list(stored.rglob("*.pkl"))
+    assert "loader_module: mlflow.pyfunc.loaders.code_model" in (stored / "MLmodel").read_text()
 
 
-def test_failed_alias_leaves_no_version(store, monkeypatch):
-    vae = VAE(latent_dim=2, channels=(2, 2, 4, 4)).eval()
+class _Planted:
+    """What an attacker with write access to the store plants: unpickling it runs code."""
+
+    def __reduce__(self):
+        return (Path.touch, (Path("pwned"),))
+
+
+def _register_file(store, tmp_path, payload_path: Path, sha256: str | None) -> str:
+    """Register a version whose weights artifact is `payload_path`, recording `sha256` (None: none)."""
     with tracking.stage_run(_context(store), "train_vae"):
-        uri = tracking.log_model_verified(vae, "vae", (torch.rand(1, 1, 32, 32),), lambda m, p: m.encode_mean(p[0]))
+        _, logged = _logged_vae(tmp_path)
+    tags = {"weights_file": "vae.pt"} | ({"weights_sha256": sha256} if sha256 else {})
+    version = tracking.register_version(logged.model_uri, "crypson-vae", tags, "test model")
+    # Overwrite the stored weights file in the artifact store, as an attacker with write access would.
+    location = MlflowClient().get_model_version_download_uri("crypson-vae", version)
+    Path(urlparse(location).path, "artifacts", "vae.pt").write_bytes(payload_path.read_bytes())
+    return version
+
+
+def test_a_planted_pickle_in_the_store_is_refused_and_never_runs(store, tmp_path):
+    planted = tmp_path / "planted.pt"
+    torch.save({"format": 1, "kind": "vae", "hparams": _Planted(), "classes": [], "state_dict": {}}, planted)
+    # An attacker who can also write the registry records the planted file's own hash.
+    version = _register_file(store, tmp_path, planted, tracking.file_sha256(planted))
+    with pytest.raises(tracking.WeightsIntegrityError, match=f"crypson-vae v{version}: vae.pt is not a weights-only"):
+        tracking.load_registered_network("crypson-vae", version, "vae")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_changed_weights_file_is_refused_naming_the_model_and_version(store, tmp_path):
+    other = tmp_path / "other.pt"
+    artifacts.save_model(other, "vae", {"latent_dim": 2, "channels": [2, 2, 4, 4]},
+                         VAE(latent_dim=2, channels=(2, 2, 4, 4)).state_dict(), ("A", "B"))
+    version = _register_file(store, tmp_path, other, "0" * 64)
+    with pytest.raises(tracking.WeightsIntegrityError,
+                       match=f"crypson-vae v{version}: weights file vae.pt has SHA-256 [0-9a-f]{{64}}, but 0{{64}}"):
+        tracking.load_registered_network("crypson-vae", version, "vae")
+    unhashed = _register_file(store, tmp_path, other, None)
+    with pytest.raises(tracking.WeightsIntegrityError, match=f"crypson-vae v{unhashed} records no weights SHA-256"):
+        tracking.load_registered_network("crypson-vae", unhashed, "vae")
+
+
+def test_failed_alias_leaves_no_version(store, monkeypatch, tmp_path):
+    with tracking.stage_run(_context(store), "train_vae"):
+        uri = _logged_vae(tmp_path)[1].model_uri
 
         def refuse(*args, **kwargs):
             raise mlflow.exceptions.MlflowException("registry unavailable")
@@ -64,10 +126,9 @@ def test_failed_alias_leaves_no_version(store, monkeypatch):
     assert MlflowClient().search_model_versions("name='crypson-vae'") == []
 
 
-def test_champion_moves_only_when_set(store):
-    vae = VAE(latent_dim=2, channels=(2, 2, 4, 4)).eval()
+def test_champion_moves_only_when_set(store, tmp_path):
     with tracking.stage_run(_context(store), "train_vae"):
-        uri = tracking.log_model_verified(vae, "vae", (torch.rand(1, 1, 32, 32),), lambda m, p: m.encode_mean(p[0]))
+        uri = _logged_vae(tmp_path)[1].model_uri
         first = tracking.register_version(uri, "crypson-vae", {}, "v")
         second = tracking.register_version(uri, "crypson-vae", {}, "v")
     assert tracking.champion_versions(["crypson-vae"]) == {"crypson-vae": None}
@@ -76,10 +137,9 @@ def test_champion_moves_only_when_set(store):
     assert str(MlflowClient().get_model_version_by_alias("crypson-vae", tracking.CANDIDATE).version) == second
 
 
-def test_champion_moves_all_or_none(store, monkeypatch):
-    vae = VAE(latent_dim=2, channels=(2, 2, 4, 4)).eval()
+def test_champion_moves_all_or_none(store, monkeypatch, tmp_path):
     with tracking.stage_run(_context(store), "train_vae"):
-        uri = tracking.log_model_verified(vae, "vae", (torch.rand(1, 1, 32, 32),), lambda m, p: m.encode_mean(p[0]))
+        uri = _logged_vae(tmp_path)[1].model_uri
         for name in ("crypson-vae", "crypson-cgan"):
             tracking.register_version(uri, name, {}, "v")
             tracking.register_version(uri, name, {}, "v")

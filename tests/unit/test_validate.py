@@ -101,6 +101,29 @@ def test_class_missing_from_test_split(clean: pd.DataFrame) -> None:
     assert "label: expect_column_distinct_values_to_equal_set(0..4) on test split failed: 1 values" in report.summary()
 
 
+@pytest.mark.parametrize(
+    ("defect", "expectation", "column"),
+    [
+        ("height", "expect_column_values_to_be_in_set", "height"),  # an image of another shape
+        ("width", "expect_column_values_to_be_in_set", "width"),
+        ("min", "expect_column_values_to_be_between", "min"),  # pixels below 0
+        ("max", "expect_column_values_to_be_between", "max"),  # pixels above 1
+    ],
+)
+def test_shape_and_pixel_range_defects_fail_their_own_expectation(clean, defect, expectation, column) -> None:
+    bad = clean.copy()
+    bad.loc[[3, 40], defect] = {"height": 28, "width": 28, "min": -0.5, "max": 1.5}[defect]
+    failure = _only(validate_metadata(bad, SETTINGS).failures, expectation, column)
+    assert failure.unexpected_count == 2
+
+
+def test_class_missing_from_train_split(clean: pd.DataFrame) -> None:
+    bad = clean.drop(index=_rows(clean, "train", 2))
+    failures = validate_metadata(bad, SETTINGS).failures
+    distinct = [f for f in failures if f.expectation == "expect_column_distinct_values_to_equal_set"]
+    assert [(f.scope, f.examples) for f in distinct] == [("train split", (2,))]
+
+
 def test_unbalanced_class_fails_on_class_counts(clean: pd.DataFrame) -> None:
     bad = clean.drop(index=_rows(clean, "train", 4)[2:])  # class 4 keeps 2 of 20 train images
     report = validate_metadata(bad, SETTINGS)

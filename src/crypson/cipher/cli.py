@@ -48,8 +48,10 @@ def _config(params: Path) -> Config:
 
 
 def _models(spec: str, device: str):
-    from crypson import tracking
+    from crypson import artifacts, tracking
     from crypson.cipher import loading
+
+    artifacts.refuse_pickle_loads()  # this process holds the key
 
     if Path(spec).is_dir():
         return loading.from_directory(Path(spec), device)
@@ -199,6 +201,8 @@ def serve_register(
     allow_misread: Annotated[bool, typer.Option(
         "--allow-misread", help="the served encrypt sends characters that no candidate reads back (with a "
         "warning in the server's log) instead of answering an error row")] = False,
+    operations: Annotated[str, typer.Option(
+        "--operations", help="what the server answers: encrypt,decrypt (default), encrypt or decrypt")] = "encrypt,decrypt",
 ) -> None:
     """Register `crypson-cipher` (encrypt/decrypt over `mlflow models serve`) bundling the aliased models."""
     from crypson import tracking
@@ -211,11 +215,13 @@ def serve_register(
         settings = {"gaussian_sigma": config.cipher.gaussian_sigma, "modular_range": config.cipher.modular_range}
         if config.cipher.scheme == "report":
             raise ValueError("refusing to serve the insecure 'report' baseline scheme")
-        version = register_service(alias, config.cipher.scheme, settings, config.cipher.candidates, allow_misread)
+        version = register_service(alias, config.cipher.scheme, settings, config.cipher.candidates, allow_misread,
+                                   tuple(op.strip() for op in operations.split(",") if op.strip()))
     except (ConfigError, LookupError, ValueError) as error:
         _fail(str(error))
     typer.echo(f"registered {SERVED_NAME} v{version} (alias {alias}); serve it with:\n"
-               f"  CRYPSON_KEY=... mlflow models serve -m models:/{SERVED_NAME}@{alias} --env-manager local")
+               f"  CRYPSON_KEY=... CRYPSON_SERVE_TOKEN=... mlflow models serve -m models:/{SERVED_NAME}@{alias} "
+               "--env-manager local\n(clients send the token as params.token)")
 
 
 def register(app: typer.Typer) -> None:

@@ -4,6 +4,7 @@ pipeline's local outputs (models/ after `dvc repro`)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import mlflow
@@ -12,7 +13,12 @@ from mlflow import MlflowClient
 
 from crypson import artifacts
 from crypson.cipher.codec import CipherModels
-from crypson.tracking import MODEL_NAMES
+from crypson.tracking import MODEL_NAMES, load_registered_network
+
+log = logging.getLogger(__name__)
+
+# The registered model of each stage -> the network kind its weights file holds.
+NETWORK_KINDS = {"cgan": "generator", "vae": "vae", "classifier": "classifier"}
 
 
 def from_registry(alias: str = "champion", device: torch.device | str = "cpu") -> CipherModels:
@@ -20,6 +26,7 @@ def from_registry(alias: str = "champion", device: torch.device | str = "cpu") -
 
     Raises:
         LookupError: an alias that is missing on a model, or a classifier trained on another VAE.
+        tracking.WeightsIntegrityError: a weights file that is not the one its version recorded.
     """
     client = MlflowClient()
     modules, versions, tags = {}, {}, {}
@@ -31,7 +38,8 @@ def from_registry(alias: str = "champion", device: torch.device | str = "cpu") -
             raise LookupError(f"registered model {name!r} has no alias {alias!r}: run the pipeline "
                               f"(dvc repro) or pick another alias (candidate, champion)") from None
         versions[name], tags[kind] = str(version.version), version.tags
-        modules[kind] = mlflow.pytorch.load_model(f"models:/{name}/{version.version}", map_location=device)
+        # Weights only, rebuilt from this package's code, the file's SHA-256 checked against the version's.
+        modules[kind], _ = load_registered_network(name, str(version.version), NETWORK_KINDS[kind], device)
     for kind in ("vae", "cgan"):  # the classifier was trained on one VAE and one cGAN
         trained_on = tags["classifier"].get(f"{kind}_version")
         if trained_on is not None and trained_on != versions[MODEL_NAMES[kind]]:
@@ -56,4 +64,10 @@ def from_directory(root: Path, device: torch.device | str = "cpu") -> CipherMode
         if record.is_file():
             registration = json.loads(record.read_text())
             versions[registration["name"]] = str(registration["version"])
+    if len(versions) != 3:
+        # Without the versions, decrypt cannot check that the ciphertext was made with these models.
+        log.warning("%s lacks registration.json for %s: ciphertexts carry no model versions and decrypt "
+                    "does not check them", models, ", ".join(k for k in ("cgan", "vae", "classifier")
+                                                               if not (models / k / "registration.json").is_file()))
+        versions = {}
     return CipherModels(generator, vae, classifier, classes, versions)

@@ -115,12 +115,13 @@ def _finish(layout: Layout, stage: str, result: FitResult, registration: dict[st
     layout.checkpoint(stage.removeprefix("train_")).unlink(missing_ok=True)
 
 
-def _register(context: tracking.TrackingContext, kind: str, model_uri: str, data: PreparedData,
+def _register(context: tracking.TrackingContext, kind: str, logged: tracking.LoggedNetwork, data: PreparedData,
               description: str, extra_tags: dict[str, str] | None = None) -> dict[str, str]:
     name = tracking.MODEL_NAMES[kind]
     tags = {**context.tags, "data_source": data.manifest["source"], "data_split": data.manifest["split"],
             "classes": json.dumps("".join(data.classes)), "run_id": mlflow.active_run().info.run_id,
-            **(extra_tags or {})}
+            **logged.tags, **(extra_tags or {})}
+    model_uri = logged.model_uri
     version = tracking.register_version(model_uri, name, tags, description)
     mlflow.set_tag(f"registered.{name}", version)
     return {"name": name, "version": version, "run_id": tags["run_id"], "model_uri": model_uri}
@@ -165,8 +166,9 @@ def train_cgan(config: Config, layout: Layout, context: tracking.TrackingContext
         figures.plt.close(grid)
         log_loss_curves(result.history, ["loss_discriminator", "loss_generator"], "loss_curves.png")
         probe = (torch.randn(4, section.noise_dim), torch.arange(4) % len(classes))
-        uri = tracking.log_model_verified(generator, "generator", probe, lambda m, p: m(*p))
-        registration = _register(context, "cgan", uri, data,
+        logged = tracking.log_network(generator, out / "generator.pt", "generator", "generator", probe,
+                                      lambda m, p: m(*p))
+        registration = _register(context, "cgan", logged, data,
                                  "Conditional GAN: (noise, class index) -> 32x32 character image in [-1, 1].",
                                  {"truncation": str(section.truncation), "ema_decay": str(section.ema_decay)})
     _finish(layout, "train_cgan", result, registration)
@@ -197,9 +199,9 @@ def train_vae(config: Config, layout: Layout, context: tracking.TrackingContext 
         log_image_grid(vae_train.reconstruction_grid(vae, sample), "reconstructions.png", columns=16)
         log_loss_curves(result.history, ["loss", "val_loss"], "loss_curves.png")
         probe = (vae_train.to_unit_range(sample[:4]),)
-        uri = tracking.log_model_verified(
-            vae, "vae", probe, lambda m, p: m.decoder(m.encode_mean(p[0])).flatten())
-        registration = _register(context, "vae", uri, data,
+        logged = tracking.log_network(vae, layout.model_dir("vae") / "vae.pt", "vae", "vae", probe,
+                                      lambda m, p: m.decoder(m.encode_mean(p[0])).flatten())
+        registration = _register(context, "vae", logged, data,
                                  f"VAE: 32x32 image in [0, 1] <-> {section.latent_dim}-d latent (encode_mean, decoder).")
     _finish(layout, "train_vae", result, registration)
     return registration
@@ -300,9 +302,10 @@ def train_classifier(config: Config, layout: Layout, context: tracking.TrackingC
                              result.best_state["classifier"], data.classes)
         log_loss_curves(result.history, [k for k in result.history[0] if k.startswith("val_accuracy")],
                         "accuracy_curves.png")
-        uri = tracking.log_model_verified(classifier, "classifier", (val_mu[:4].cpu(),), lambda m, p: m(*p))
+        logged = tracking.log_network(classifier, layout.model_dir("classifier") / "classifier.pt", "classifier",
+                                      "classifier", (val_mu[:4].cpu(),), lambda m, p: m(*p))
         registration = _register(
-            context, "classifier", uri, data,
+            context, "classifier", logged, data,
             "Latent classifier: latent -> class logits through the frozen VAE decoder.", versions)
     _finish(layout, "train_classifier", result, registration)
     return registration
