@@ -11,7 +11,6 @@ so the registry never holds a version without its model.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -24,6 +23,8 @@ import mlflow
 import torch
 from mlflow import MlflowClient
 from torch import nn
+
+from crypson.io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -188,15 +189,6 @@ class WeightsIntegrityError(ValueError):
     """A registered network's weights file is not the one its version recorded, or needs pickle."""
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class LoggedNetwork:
     """A network logged to MLflow: its model URI and what its version must record."""
@@ -230,7 +222,7 @@ def log_network(
         The model URI for registration, with the SHA-256 its version records (`LoggedNetwork.tags`).
     """
     model = model.cpu().eval()
-    logged = LoggedNetwork("", file_sha256(weights), Path(weights).name)
+    sha256, file = file_sha256(weights), Path(weights).name
     try:
         info = mlflow.pyfunc.log_model(name=name, python_model=str(NETWORK_CODE), artifacts={"weights": str(weights)},
                                        model_config={"kind": kind}, pip_requirements=pip_requirements())
@@ -240,7 +232,7 @@ def log_network(
         raise TrackingUnavailableError(
             f"uploading model {name!r} to the artifact store {mlflow.get_artifact_uri()} failed ({error}); "
             "nothing was registered: start the store (`crypson stack up`) and re-run the stage") from error
-    logged = LoggedNetwork(info.model_uri, logged.sha256, logged.file)
+    logged = LoggedNetwork(info.model_uri, sha256, file)
     location = mlflow.get_logged_model(info.model_id).artifact_location  # where the upload went
     loaded, _ = _load_verified(location, kind, logged.file, logged.sha256, f"logged model {name!r}", "cpu")
     with torch.no_grad():

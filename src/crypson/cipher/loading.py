@@ -66,8 +66,7 @@ def from_directory(root: Path, device: torch.device | str = "cpu") -> CipherMode
             versions[registration["name"]] = str(registration["version"])
     if len(versions) != 3:
         # Without the versions, decrypt cannot check that the ciphertext was made with these models.
-        log.warning("%s lacks registration.json for %s: ciphertexts carry no model versions and decrypt "
-                    "does not check them", models, ", ".join(k for k in ("cgan", "vae", "classifier")
-                                                               if not (models / k / "registration.json").is_file()))
+        log.warning("%s lacks a registration.json of %d of the 3 models: ciphertexts carry no model versions "
+                    "and decrypt does not check them", models, 3 - len(versions))
         versions = {}
     return CipherModels(generator, vae, classifier, classes, versions)

@@ -65,7 +65,8 @@ class CipherService(mlflow.pyfunc.PythonModel):
         from crypson.cipher.codec import CipherModels
         from crypson.cipher.loading import NETWORK_KINDS
         from crypson.cipher.masks import get_scheme
-        from crypson.tracking import WeightsIntegrityError, file_sha256, load_weights_only
+        from crypson.io import file_sha256
+        from crypson.tracking import WeightsIntegrityError, load_weights_only
 
         refuse_pickle_loads()  # the server holds the key
 

@@ -14,7 +14,6 @@ identity and goes into the manifest.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -27,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from crypson.data.emnist import IMAGE_SIDE, SPLIT_CLASSES, EmnistData, write_emnist
-from crypson.io import atomic_write_bytes
+from crypson.io import atomic_write_bytes, file_sha256
 
 MANIFEST_NAME = "glyphs-manifest.json"
 STYLES = ("print", "handwriting")
@@ -350,10 +349,6 @@ def _render_part(
     return images, labels.astype(np.int64)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def generate_glyphs(
     directory: Path,
     split: str,
@@ -404,7 +399,7 @@ def generate_glyphs(
         "test_count": len(test_labels),
         "seed": seed,
         "style": {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(style).items()},
-        "fonts": [{"name": Path(font).name, "sha256": _sha256(font)} for font in fonts],
+        "fonts": [{"name": Path(font).name, "sha256": file_sha256(font)} for font in fonts],
     }
     atomic_write_bytes(Path(directory) / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
