@@ -28,6 +28,7 @@ repro: setup
 system-deps:
 	@missing=$$(for pkg in $$(grep -v '^#' infra/local/apt-packages.txt); do \
 	    dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q 'ok installed' || echo $$pkg; done); \
+	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
 	if [ -n "$$missing" ]; then \
 	    sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	    echo "installing Debian packages:" $$missing; \
