@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,9 +10,8 @@ import typer
 import yaml
 
 from crypson import stack as stack_cli
-from crypson import tracking
 from crypson.cipher import cli as cipher_cli
-from crypson.config import Config, ConfigError, deep_merge, load_config, parse_config
+from crypson.config import ConfigError, deep_merge, load_config, parse_config
 from crypson.io import atomic_write_bytes
 from crypson.kfp.cli import app as pipeline_app
 
@@ -32,92 +27,16 @@ RootOption = Annotated[Path, typer.Option("--root", help="folder the stage outpu
 QuietOption = Annotated[bool, typer.Option("--quiet", help="no progress bars")]
 
 
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
-def git_commit() -> str:
-    """HEAD, with '-dirty' when tracked files differ; CRYPSON_GIT_COMMIT wins (containers have no .git)."""
-    if os.environ.get("CRYPSON_GIT_COMMIT"):
-        return os.environ["CRYPSON_GIT_COMMIT"]
-    head = _git("rev-parse", "HEAD") or "unknown"
-    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock")
-    return f"{head}-dirty" if dirty else head
-
-
-def execution_key(params_path: Path) -> str:
-    """What groups stage runs into one pipeline execution in MLflow.
-
-    CRYPSON_EXECUTION_ID (set by the Kubeflow components to the KFP run id) wins. Under
-    `dvc repro` each stage is its own process, so the key is the state that the execution
-    runs: the commit, the uncommitted changes to tracked files and the params.
-    """
-    if os.environ.get("CRYPSON_EXECUTION_ID"):
-        return os.environ["CRYPSON_EXECUTION_ID"]
-    digest = hashlib.sha256(git_commit().encode())
-    digest.update(_git("diff", "HEAD", "--", ".", ":(exclude)dvc.lock").encode())
-    digest.update(params_path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def dvc_data_md5(root: Path) -> str:
-    """The DVC hash of data/raw from dvc.lock (empty outside a DVC repo)."""
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return ""
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    for out in stages.get("ingest", {}).get("outs", []):
-        if out.get("path") == "data/raw":
-            return str(out.get("md5", ""))
-    return ""
-
-
-def _tracking_context(config: Config, params: Path, root: Path) -> tracking.TrackingContext:
-    from crypson.data.prepare import load_prepared
-
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.tracking_uri
-    experiment_id = tracking.configure(uri, config.tracking.experiment, root / config.tracking.artifact_dir)
-    manifest = load_prepared(root / "data" / "prepared").manifest
-    tags = {"git_commit": git_commit(), "data_version": manifest["data_version"],
-            "dvc_data_md5": dvc_data_md5(root), "data_source": manifest["source"]}
-    if os.environ.get("KFP_RUN_ID"):
-        tags["kfp_run_id"] = os.environ["KFP_RUN_ID"]
-    key = execution_key(params)
-    parent = tracking.execution_run(experiment_id, key, f"pipeline {key[:8]}", tags)
-    return tracking.TrackingContext(experiment_id, parent, tags)
-
-
 def run_stage(stage: str, params: Path, root: Path, quiet: bool = False) -> None:
-    """Run one pipeline stage as `crypson stage ...` does (config, logging, MLflow context): the one
-    entry that dvc.yaml (through the CLI) and the Kubeflow components (crypson.kfp.runtime) share.
+    """Validate the params file and run one stage (crypson.stages.runner); a stage's expected error
+    becomes one line on stderr and exit code 2."""
+    from crypson.stages import runner
 
-    Raises:
-        typer.Exit: the stage failed; the reason is already on stderr.
-    """
-    from crypson import stages
-    from crypson.train import distributed
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("mlflow", "alembic", "great_expectations", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    tracking.disable_telemetry()
+    runner.configure_logging()
     try:
         config = load_config(params)
-        layout = stages.Layout(root)
-        if stage in ("ingest", "prepare", "validate"):
-            getattr(stages, stage)(config, layout)
-            return
-        if stage.startswith("train_"):
-            # Under torchrun only rank 0 tracks: other ranks would race it to create the store and runs.
-            context = _tracking_context(config, params, root) if distributed.is_main_process() else None
-            getattr(stages, stage)(config, layout, context, progress=not quiet)
-            return
-        getattr(stages, stage)(config, layout, _tracking_context(config, params, root))
-    except (ConfigError, FileNotFoundError, stages.DataValidationError, ValueError,
-            tracking.TrackingUnavailableError) as error:
+        runner.run_stage(stage, config, root, params.read_bytes(), progress=not quiet)
+    except runner.stage_errors() as error:
         typer.echo(f"crypson {stage}: error: {error}", err=True)
         raise typer.Exit(code=2) from None
 

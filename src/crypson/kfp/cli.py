@@ -6,7 +6,6 @@ and the other `crypson` commands start without it.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +14,7 @@ import yaml
 
 from crypson.config import ConfigError, parse_config
 from crypson.io import atomic_write_bytes
+from crypson.provenance import git, git_commit
 
 app = typer.Typer(help="The Kubeflow pipeline: compile, run locally (kfp.local), submit to a KFP server.",
                   no_args_is_help=True)
@@ -36,13 +36,6 @@ def _fail(command: str, error: Exception) -> typer.Exit:
 
 def _preset_paths(repo: Path, presets: list[str]) -> list[Path]:
     return [Path(name) if Path(name).suffix else repo / "presets" / f"{name}.yaml" for name in presets]
-
-
-def _git(repo: Path, *args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
 
 
 @app.command("compile")
@@ -87,7 +80,6 @@ def run_command(
     MLflow: MLFLOW_TRACKING_URI if set, else params' tracking settings with their paths made
     absolute (the default: mlflow.db and mlartifacts/ in the current folder, as `dvc repro`).
     """
-    from crypson.cli import git_commit
     from crypson.kfp.local import local_tracking_overrides, run_local
     from crypson.kfp.project import params_text
 
@@ -99,7 +91,7 @@ def run_command(
         presets = _preset_paths(repo, preset)
         merged = parse_config(yaml.safe_load(params_text(repo / params, presets)) or {})
         text = params_text(repo / params, presets, local_tracking_overrides(merged, Path.cwd()))
-        run_local(repo, text, pipeline_root, {"git_commit": git_commit()})
+        run_local(repo, text, pipeline_root, {"git_commit": git_commit(cwd=repo)})
     except EXIT_ERRORS as error:
         raise _fail("run", error) from None
     typer.echo(f"pipeline finished; task outputs under {pipeline_root}")
@@ -125,7 +117,6 @@ def submit_command(
     namespace: Annotated[str, typer.Option("--namespace", help="multi-user KFP: your namespace")] = "",
 ) -> None:
     """Upload the compiled spec as a new pipeline version and start a run of it."""
-    from crypson.cli import git_commit
     from crypson.kfp.project import params_text
     from crypson.kfp.submit import submit, version_name
 
@@ -133,11 +124,11 @@ def submit_command(
         import kfp
 
         text = params_text(repo / params, _preset_paths(repo, preset))
-        commit = git_commit()
+        commit = git_commit(cwd=repo)
         arguments = {"params": text, "git_commit": commit}
         if data_repo:
             rev = data_rev or "HEAD"
-            resolved = _git(repo, "rev-parse", "--verify", f"{rev}^{{commit}}")
+            resolved = git("rev-parse", "--verify", f"{rev}^{{commit}}", cwd=repo)
             if not resolved:
                 raise ValueError(f"--data-rev {rev!r} is not a commit of {repo.resolve()}")
             arguments.update(data_repo_url=data_repo, data_rev=resolved, dvc_remote=dvc_remote,

@@ -23,7 +23,9 @@ from typing import Any, Protocol
 import yaml
 
 from crypson.config import Config, parse_config
-from crypson.stages.common import Layout
+from crypson.stages.layout import Layout
+from crypson.stages.runner import DATA_STAGES, STAGES, configure_logging
+from crypson.stages.runner import run_stage as run_stage_in
 
 # Artifact name (as the components use it) -> where the stages keep that output in a Layout.
 ARTIFACTS: dict[str, Callable[[Layout], Path]] = {
@@ -51,8 +53,6 @@ RESULTS: dict[str, Callable[[Layout], Path]] = {
     "promote": lambda layout: layout.promotion_report,
 }
 
-STAGES = ("ingest", "prepare", "validate", "train_cgan", "train_vae", "train_classifier", "evaluate", "attack",
-          "promote")
 
 
 class MetricsArtifact(Protocol):
@@ -117,20 +117,6 @@ def task_environment(run_id: str, git_commit: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _call_stage(stage: str, params_path: Path, root: Path) -> None:
-    """Run the stage the way `crypson stage ...` does (config, logging, MLflow context)."""
-    import typer
-
-    from crypson.cli import run_stage
-
-    try:
-        run_stage(stage, params_path, root, quiet=True)
-    except typer.Exit as exit_:
-        # The CLI printed the reason to stderr already.
-        raise RuntimeError(f"crypson stage {stage} failed with exit code {exit_.exit_code}; "
-                           "the reason is printed above") from None
-
-
 def run_stage(stage: str, params: str, inputs: Mapping[str, str], outputs: Mapping[str, str], *,
               run_id: str = "", git_commit: str = "", results: Mapping[str, dict] | None = None) -> dict:
     """Run one stage on artifacts.
@@ -152,19 +138,18 @@ def run_stage(stage: str, params: str, inputs: Mapping[str, str], outputs: Mappi
     if unknown:
         raise ValueError(f"unknown artifact names {unknown}; allowed: {', '.join(ARTIFACTS)}")
     config = load_params(params)
-    if stage not in ("ingest", "prepare", "validate"):
+    if stage not in DATA_STAGES:
         check_tracking(config, os.environ)
+    configure_logging()
     with tempfile.TemporaryDirectory(prefix=f"crypson-{stage}-") as work:
         layout = Layout(Path(work))
-        params_path = layout.root / "params.yaml"
-        params_path.write_text(params)
         for name, path in inputs.items():
             copy_path(Path(path), ARTIFACTS[name](layout))
         for name, values in (results or {}).items():
             layout.metrics(name).parent.mkdir(parents=True, exist_ok=True)
             layout.metrics(name).write_text(json.dumps(values))
         with task_environment(run_id, git_commit):
-            _call_stage(stage, params_path, layout.root)
+            run_stage_in(stage, config, layout.root, params.encode(), progress=False)
         for name, path in outputs.items():
             copy_path(ARTIFACTS[name](layout), Path(path))
         result = RESULTS.get(stage)

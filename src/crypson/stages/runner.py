@@ -1,0 +1,81 @@
+"""Run one pipeline stage with its MLflow context: the one entry that `crypson stage ...` (and so
+`dvc repro`) and the Kubeflow components (crypson.kfp.runtime) share.
+
+It takes a validated Config and raises the stages' own errors (STAGE_ERRORS); each caller turns them
+into what its world expects (an exit code and a line on stderr, a failed KFP task).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from crypson import provenance, tracking
+from crypson.config import Config, ConfigError
+
+STAGES = ("ingest", "prepare", "validate", "train_cgan", "train_vae", "train_classifier", "evaluate", "attack",
+          "promote")
+DATA_STAGES = ("ingest", "prepare", "validate")  # no MLflow run: they log nothing and register nothing
+
+
+def stage_errors() -> tuple[type[Exception], ...]:
+    """The errors a stage stops on with a one-line reason (bad settings, missing inputs, failed
+    validation, an unreachable tracking server); anything else is a bug and keeps its traceback."""
+    from crypson.stages.data import DataValidationError
+
+    return (ConfigError, FileNotFoundError, DataValidationError, ValueError, tracking.TrackingUnavailableError)
+
+
+def configure_logging() -> None:
+    """Stage progress on stderr at INFO; the libraries' chatter at WARNING; no MLflow telemetry."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("mlflow", "alembic", "great_expectations", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    tracking.disable_telemetry()
+
+
+def tracking_context(config: Config, params: bytes, root: Path) -> tracking.TrackingContext:
+    """The MLflow experiment, the execution's parent run and the provenance tags every stage run carries."""
+    from crypson.data.prepare import load_prepared
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.tracking_uri
+    experiment_id = tracking.configure(uri, config.tracking.experiment, root / config.tracking.artifact_dir)
+    manifest = load_prepared(root / "data" / "prepared").manifest
+    tags = {"git_commit": provenance.git_commit(), "data_version": manifest["data_version"],
+            "dvc_data_md5": provenance.dvc_data_md5(root), "data_source": manifest["source"]}
+    if os.environ.get("KFP_RUN_ID"):
+        tags["kfp_run_id"] = os.environ["KFP_RUN_ID"]
+    key = provenance.execution_key(params)
+    parent = tracking.execution_run(experiment_id, key, f"pipeline {key[:8]}", tags)
+    return tracking.TrackingContext(experiment_id, parent, tags)
+
+
+def run_stage(stage: str, config: Config, root: Path, params: bytes, *, progress: bool = True) -> None:
+    """Run `stage` on the Layout under `root`.
+
+    Args:
+        stage: one of STAGES.
+        config: the validated settings.
+        root: the folder the stage's inputs and outputs live under (crypson.stages.Layout).
+        params: the params file's bytes, part of the execution key that groups stage runs.
+        progress: progress bars for the training stages.
+    Raises:
+        ValueError: an unknown stage name (and, like every error in stage_errors(), a stage's own
+            expected failures).
+    """
+    from crypson import stages
+    from crypson.train import distributed
+
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; allowed: {', '.join(STAGES)}")
+    function = getattr(stages, stage)
+    layout = stages.Layout(root)
+    if stage in DATA_STAGES:
+        function(config, layout)
+    elif stage.startswith("train_"):
+        # Under torchrun only rank 0 tracks: other ranks would race it to create the store and runs.
+        context = tracking_context(config, params, root) if distributed.is_main_process() else None
+        function(config, layout, context, progress=progress)
+    else:
+        function(config, layout, tracking_context(config, params, root))

@@ -1,0 +1,91 @@
+"""The stage runner (crypson.stages.runner) on real stages, a real embedded MLflow store and tiny glyph data."""
+
+import json
+
+import mlflow
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from crypson import tracking
+from crypson.config import parse_config
+from crypson.stages import runner
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny(tmp_path, **vae) -> tuple:
+    raw = {"data": {"source": "glyphs", "glyphs": {"train_per_class": 6, "test_per_class": 2}},
+           "vae": {"epochs": 3, "batch_size": 32, "max_train_batches": 2, "channels": [4, 4, 8, 8], **vae},
+           "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "artifact_dir": "mlartifacts"}}
+    return parse_config(raw), yaml.safe_dump(raw).encode()
+
+
+@pytest.fixture
+def prepared(tmp_path, monkeypatch):
+    """A folder with ingested, prepared and validated glyph data; the runner's environment pinned."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("MLFLOW_TRACKING_URI", "CRYPSON_EXECUTION_ID", "KFP_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CRYPSON_GIT_COMMIT", "0123abc")
+    config, params = tiny(tmp_path)
+    for stage in runner.DATA_STAGES:
+        runner.run_stage(stage, config, tmp_path, params)
+    yield tmp_path
+    mlflow.set_tracking_uri(None)
+
+
+def test_unknown_stage_is_refused_by_name(tmp_path):
+    config, params = tiny(tmp_path)
+    with pytest.raises(ValueError, match="unknown stage 'train_gan'; allowed: ingest, prepare"):
+        runner.run_stage("train_gan", config, tmp_path, params)
+
+
+def test_data_stages_write_their_outputs_and_track_nothing(prepared):
+    assert json.loads((prepared / "reports" / "validation.json").read_text())["success"] is True
+    assert (prepared / "data" / "prepared" / "classes.json").is_file()
+    assert not (prepared / "mlflow.db").exists()
+
+
+def test_a_stage_error_reaches_the_caller_as_itself(tmp_path):
+    config, params = tiny(tmp_path)
+    with pytest.raises(runner.stage_errors()) as raised:
+        runner.run_stage("train_vae", config, tmp_path, params)  # nothing prepared
+    assert isinstance(raised.value, FileNotFoundError) and "prepared" in str(raised.value)
+
+
+def test_stage_runs_of_one_params_state_share_a_parent_and_carry_provenance(prepared):
+    config, params = tiny(prepared)
+    first = runner.tracking_context(config, params, prepared)
+    again = runner.tracking_context(config, params, prepared)
+    other = runner.tracking_context(*tiny(prepared, lr=0.01), prepared)
+    assert first.parent_run_id == again.parent_run_id != other.parent_run_id
+    manifest = json.loads((prepared / "data" / "prepared" / "manifest.json").read_text())
+    assert first.tags["git_commit"] == "0123abc" and first.tags["data_version"] == manifest["data_version"]
+    assert first.tags["data_source"] == "glyphs"
+
+
+def test_an_interrupted_training_stage_resumes_in_its_own_mlflow_run(prepared, monkeypatch):
+    config, params = tiny(prepared)
+    log_epoch = tracking.log_epoch_metrics
+
+    def killed_in_epoch_two(epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt  # as a kill between the first epoch's checkpoint and the second's
+        log_epoch(epoch, metrics)
+
+    monkeypatch.setattr(tracking, "log_epoch_metrics", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_stage("train_vae", config, prepared, params, progress=False)
+    assert (prepared / "checkpoints" / "vae.pt").is_file()
+    monkeypatch.setattr(tracking, "log_epoch_metrics", log_epoch)
+    runner.run_stage("train_vae", config, prepared, params, progress=False)
+
+    client = MlflowClient()
+    experiment = mlflow.get_experiment_by_name(config.tracking.experiment)
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`crypson.stage` = 'train_vae'")
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [0, 1, 2]
+    registration = json.loads((prepared / "models" / "vae" / "registration.json").read_text())
+    assert registration["run_id"] == run.info.run_id
+    assert not (prepared / "checkpoints" / "vae.pt").exists()
