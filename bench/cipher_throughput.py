@@ -48,7 +48,7 @@ from crypson.cipher.loading import from_directory
 from crypson.cipher.masks import MaskScheme, get_scheme
 from crypson.config import load_config
 from crypson.data.emnist import SPLIT_CLASSES
-from crypson.train.loop import resolve_device
+from crypson.compute import resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 

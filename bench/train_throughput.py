@@ -27,7 +27,8 @@ from crypson import artifacts
 from crypson.config import load_config
 from crypson.train.cgan import CganTask
 from crypson.train.classifier import ClassifierTask
-from crypson.train.loop import InMemoryBatches, LoopSettings, fit, resolve_device
+from crypson.compute import resolve_device
+from crypson.train.loop import InMemoryBatches, LoopSettings, fit
 from crypson.train.vae import VaeTask
 
 REPO = Path(__file__).resolve().parents[1]

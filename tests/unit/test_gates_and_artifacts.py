@@ -39,7 +39,7 @@ def test_class_consistency_gate_when_set():
 
 def test_the_advantage_gate_reads_the_largest_lower_bound():
     from crypson.evaluate.attacks import AttackResult
-    from crypson.stages.security import advantage_lower_bound
+    from crypson.stages.attack import advantage_lower_bound
 
     chance, receiver = 0.1, 0.9
     # (ci_low - chance) / (receiver - chance): 0.0, 0.125 and -0.0625; the gate reads the largest.
@@ -60,7 +60,7 @@ def registered(tmp_path, monkeypatch):
 
     from crypson import tracking
     from crypson.models.vae import VAE
-    from crypson.stages.common import Layout
+    from crypson.stages.layout import Layout
 
     monkeypatch.chdir(tmp_path)
     experiment = tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", "test", tmp_path / "artifacts")

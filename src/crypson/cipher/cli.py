@@ -181,18 +181,14 @@ def decrypt(
 
 def _save_handwriting(path: Path, rows: list) -> None:
     """One row of decoded character images per message, padded to the longest message (a 0600 PNG)."""
-    import io
-
     import torch
-    from torchvision.utils import save_image
 
+    from crypson.evaluate.figures import image_grid_png
     from crypson.io import atomic_write_bytes
 
     width = max((len(r) for r in rows), default=1) or 1
     grid = torch.cat([torch.cat([r, r.new_zeros(width - len(r), 1, 32, 32)]) for r in rows])
-    buffer = io.BytesIO()
-    save_image(grid, buffer, format="png", nrow=width, pad_value=0.5)
-    atomic_write_bytes(path, buffer.getvalue(), private=True)
+    atomic_write_bytes(path, image_grid_png(grid, width), private=True)
 
 
 def serve_register(

@@ -11,16 +11,33 @@ matplotlib.use("Agg")  # headless: stages run on servers and in containers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.manifold import TSNE  # noqa: E402
-from torchvision.utils import make_grid, save_image  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def tile(images: torch.Tensor, columns: int, padding: int = 2, pad_value: float = 0.5) -> torch.Tensor:
+    """(N, C, H, W) images -> one (3, H', W') grid, `columns` images a row (fewer when N is smaller),
+    `padding` pixels of `pad_value` around each; grey images become RGB. torchvision's make_grid layout,
+    without importing torchvision (seconds of start-up in every stage process)."""
+    count, channels, height, width = images.shape
+    if channels == 1:
+        images = images.expand(-1, 3, -1, -1)
+    across = min(columns, count)
+    down = -(-count // across)
+    cell_h, cell_w = height + padding, width + padding
+    grid = images.new_full((3, down * cell_h + padding, across * cell_w + padding), pad_value)
+    for index in range(count):
+        row, column = divmod(index, across)
+        top, left = row * cell_h + padding, column * cell_w + padding
+        grid[:, top : top + height, left : left + width] = images[index]
+    return grid
 
 
 def image_grid_png(images: torch.Tensor, columns: int) -> bytes:
     """(N, 1, H, W) images in [0, 1] -> one PNG grid, `columns` images a row, grey padding."""
-    grid = make_grid(images.clamp(0, 1), nrow=columns, padding=2, pad_value=0.5)  # (3, H', W')
+    grid = tile(images.clamp(0, 1), columns)  # (3, H', W')
+    pixels = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     buffer = io.BytesIO()
-    save_image(grid, buffer, format="png")
+    Image.fromarray(pixels).save(buffer, format="png")
     return buffer.getvalue()
 
 
@@ -28,7 +45,7 @@ def class_grid_figure(images: torch.Tensor, per_class: int, classes: tuple[str, 
     """A matplotlib figure of (K * per_class, 1, H, W) images in [0, 1], one row a class, the class
     character printed at the start of its row."""
     padding = 2
-    grid = make_grid(images.clamp(0, 1), nrow=per_class, padding=padding, pad_value=0.5)  # (3, H', W')
+    grid = tile(images.clamp(0, 1), per_class, padding)  # (3, H', W')
     row_height = images.shape[-2] + padding
     figure, axes = plt.subplots(figsize=(1.0 + 0.32 * per_class, 0.3 * len(classes) + 0.6))
     axes.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
@@ -68,6 +85,10 @@ def project_latents(latents: np.ndarray, method: str, seed: int, max_points: int
     rows = np.arange(len(latents))
     if max_points is not None and len(rows) > max_points:
         rows = np.sort(np.random.default_rng(seed).choice(len(rows), max_points, replace=False))
+    # scikit-learn loads here, not with this module: only the evaluate stage draws projections.
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
     if method == "pca":
         return PCA(n_components=2, random_state=seed).fit_transform(latents[rows]), rows
     if method == "tsne":

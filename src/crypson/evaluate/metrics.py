@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torchmetrics.functional.classification import multiclass_confusion_matrix
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from crypson.models.classifier import LatentClassifier
 from crypson.models.cgan import Generator
@@ -13,18 +11,27 @@ from crypson.models.vae import VAE
 
 def psnr_per_image(reconstruction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """PSNR in dB of each image: 10 log10(data_range^2 / MSE), (B, C, H, W) -> (B,)."""
-    return peak_signal_noise_ratio(reconstruction, target, data_range=data_range, reduction="none",
-                                   dim=tuple(range(1, target.ndim)))
+    mse = (reconstruction.float() - target.float()).pow(2).mean(dim=tuple(range(1, target.ndim)))
+    return 10 * torch.log10(data_range**2 / mse)
 
 
 def ssim(reconstruction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> float:
     """Mean SSIM (Wang et al. 2004, 11x11 Gaussian window) over a batch of (B, 1, H, W) images."""
+    # torchmetrics loads here, not with this module: the training stages import this module and
+    # torchmetrics costs seconds of start-up.
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return float(structural_similarity_index_measure(reconstruction, target, data_range=data_range))
 
 
 def confusion_matrix(predicted: torch.Tensor, actual: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(K, K) counts, rows = actual class, columns = predicted class."""
-    return multiclass_confusion_matrix(predicted, actual, num_classes=num_classes)
+    for name, values in (("predicted", predicted), ("actual", actual)):
+        if len(values) and not 0 <= int(values.min()) <= int(values.max()) < num_classes:
+            raise ValueError(f"{name} classes must lie in 0..{num_classes - 1}, got {int(values.min())}.."
+                             f"{int(values.max())}")
+    flat = actual.long() * num_classes + predicted.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def accuracy_from_confusion(confusion: torch.Tensor) -> tuple[float, list[float]]:

@@ -23,6 +23,7 @@ from crypson.cipher import codec
 from crypson.cipher.envelope import SCHEMES
 from crypson.cipher.keys import KEY_BYTES, SecretKey
 from crypson.cipher.masks import MaskScheme, get_scheme
+from crypson.compute import derived_seed
 from crypson.config import Config
 from crypson.evaluate import figures
 from crypson.evaluate.attacks import advantage, run_attack_suite
@@ -32,9 +33,9 @@ from crypson.evaluate.inversion import image_inversion_suite, nonce_reuse_suite
 from crypson.evaluate.report import (EndToEnd, SenderCheck, attacks_markdown, class_error_bounds, misread_chance,
                                      security_quality_markdown)
 from crypson.io import atomic_write_bytes, atomic_write_json
-from crypson.stages.common import Layout, write_csv
-from crypson.stages.quality import FIGURES, figures_dir
-from crypson.train.loop import derived_seed
+from crypson.stages.common import write_csv
+from crypson.stages.layout import Layout
+from crypson.stages.image_quality import FIGURES, figures_dir
 
 
 def _cipher_latents(models: codec.CipherModels, per_class: int, seed: int, candidates: int,

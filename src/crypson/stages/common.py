@@ -1,10 +1,9 @@
-"""Where stage inputs and outputs live, and the plumbing the stages share."""
+"""The plumbing the stages share: CSV outputs and what they log to MLflow (paths: crypson.stages.layout)."""
 
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -13,44 +12,9 @@ matplotlib.use("Agg")  # headless: stages run on servers and in containers
 
 import mlflow  # noqa: E402
 import torch  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
 
+from crypson.evaluate.figures import tile  # noqa: E402
 from crypson.io import atomic_write_bytes  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Paths of every stage output under one root (the repo for `dvc repro`, a work dir elsewhere)."""
-
-    root: Path = Path(".")
-
-    @property
-    def raw(self) -> Path:
-        return self.root / "data" / "raw"
-
-    @property
-    def prepared(self) -> Path:
-        return self.root / "data" / "prepared"
-
-    @property
-    def validation_report(self) -> Path:
-        return self.root / "reports" / "validation.json"
-
-    @property
-    def promotion_report(self) -> Path:
-        return self.root / "reports" / "promotion.json"
-
-    def model_dir(self, name: str) -> Path:
-        return self.root / "models" / name
-
-    def checkpoint(self, name: str) -> Path:
-        return self.root / "checkpoints" / f"{name}.pt"
-
-    def metrics(self, name: str) -> Path:
-        return self.root / "metrics" / f"{name}.json"
-
-    def plot(self, name: str) -> Path:
-        return self.root / "plots" / name
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -64,7 +28,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def log_image_grid(images: torch.Tensor, artifact_file: str, columns: int) -> None:
     """(N, 1, H, W) in [0, 1] -> one PNG grid in the active MLflow run."""
-    grid = make_grid(images.clamp(0, 1), nrow=columns, padding=2, pad_value=0.5)  # (3, H', W')
+    grid = tile(images.clamp(0, 1), columns)  # (3, H', W')
     mlflow.log_image(grid.permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy(), artifact_file)
 
 

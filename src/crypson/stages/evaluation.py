@@ -2,7 +2,7 @@
 
 evaluate: receiver-path accuracy and confusion matrix on the real test split and, separately,
 on fresh cGAN images; VAE PSNR and SSIM on the test split; the cGAN's class consistency and
-Frechet distance under an independent judge, and the report's figures (stages/quality.py).
+Frechet distance under an independent judge, and the report's figures (stages/image_quality.py).
 promote: the gates in params.yaml decide whether the registered version set becomes `champion`.
 """
 
@@ -16,13 +16,14 @@ import mlflow
 import torch
 
 from crypson import artifacts, tracking
+from crypson.compute import derived_seed, resolve_device
 from crypson.config import Config
 from crypson.data.prepare import load_prepared
 from crypson.evaluate import figures, metrics
 from crypson.io import atomic_write_bytes, atomic_write_json
-from crypson.stages import quality
-from crypson.stages.common import Layout, write_csv
-from crypson.train.loop import derived_seed, resolve_device
+from crypson.stages import image_quality
+from crypson.stages.common import write_csv
+from crypson.stages.layout import Layout
 from crypson.train.vae import to_unit_range
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,8 @@ def evaluate(config: Config, layout: Layout, context: tracking.TrackingContext) 
         "chance": 1.0 / K,
         "worst_class_accuracy_real": min(a for a in per_class_real if not math.isnan(a)),
     }
-    cgan_figures, consistency_per_class = quality.cgan_quality(config, data, generator, generated, generated_labels)
+    cgan_figures, consistency_per_class = image_quality.cgan_quality(config, data, generator, generated,
+                                                                     generated_labels)
     results |= cgan_figures
     results = {key: round(value, 6) for key, value in results.items()}
     per_class = {char: round(acc, 6) for char, acc in zip(classes, per_class_real)}
@@ -95,9 +97,9 @@ def evaluate(config: Config, layout: Layout, context: tracking.TrackingContext) 
         write_csv(layout.plot(f"confusion_{name}.csv"),
                   [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(actual.tolist(), guess.tolist())])
 
-    figure_paths = quality.write_figures(config, data, generator, vae, layout.root)
-    figure = quality.class_consistency_figure(consistency_per_class, classes, results["reference_accuracy_real"])
-    figure_paths.append(quality.figures_dir(layout.root) / quality.CONSISTENCY_FIGURE)
+    figure_paths = image_quality.write_figures(config, data, generator, vae, layout.root)
+    figure = image_quality.class_consistency_figure(consistency_per_class, classes, results["reference_accuracy_real"])
+    figure_paths.append(image_quality.figures_dir(layout.root) / image_quality.CONSISTENCY_FIGURE)
     atomic_write_bytes(figure_paths[-1], figures.figure_png(figure))
 
     with tracking.stage_run(context, "evaluate"):
@@ -107,7 +109,7 @@ def evaluate(config: Config, layout: Layout, context: tracking.TrackingContext) 
                              "cgan.truncation": generator.truncation,
                              "seed": config.seed, "data.version": data.manifest["data_version"]})
         mlflow.log_metrics(results)
-        quality.log_figures(figure_paths)
+        image_quality.log_figures(figure_paths)
         mlflow.log_dict(per_class, "per_class_accuracy.json")
         mlflow.log_table({"class": list(consistency), "class_consistency": list(consistency.values())},
                          "class_consistency.json")

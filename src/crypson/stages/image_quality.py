@@ -13,13 +13,13 @@ from pathlib import Path
 import mlflow
 import torch
 
+from crypson.compute import derived_seed
 from crypson.config import Config
 from crypson.data.prepare import PreparedData
 from crypson.evaluate import figures, quality
 from crypson.evaluate.attacks import wilson_interval
 from crypson.evaluate.metrics import generate_images
 from crypson.io import atomic_write_bytes
-from crypson.train.loop import derived_seed
 from crypson.train.vae import reconstruction_grid, to_unit_range
 
 FIGURES = ("samples_per_class.png", "reconstructions.png", "latent_pca.png", "latent_tsne.png")

@@ -22,6 +22,7 @@ import mlflow
 import torch
 
 from crypson import artifacts, tracking
+from crypson.compute import derived_seed, resolve_device, seed_everything
 from crypson.config import Config, section_params
 from crypson.data.prepare import PreparedData, load_prepared
 from crypson.evaluate import figures
@@ -30,14 +31,13 @@ from crypson.io import atomic_write_json
 from crypson.models import cgan as cgan_model
 from crypson.models import classifier as classifier_model
 from crypson.models import vae as vae_model
-from crypson.stages.common import Layout, log_image_grid, log_loss_curves, write_csv
+from crypson.stages.common import log_image_grid, log_loss_curves, write_csv
+from crypson.stages.layout import Layout
 from crypson.train import cgan as cgan_train
 from crypson.train import classifier as classifier_train
 from crypson.train import distributed, loop
 from crypson.train import vae as vae_train
-from crypson.train.loop import (
-    FitResult, InMemoryBatches, LoopSettings, derived_seed, fingerprint_of, fit, resolve_device,
-)
+from crypson.train.loop import FitResult, InMemoryBatches, LoopSettings, fingerprint_of, fit
 
 
 # Batches of noise over which the EMA generator's BatchNorm statistics are recomputed.
@@ -134,7 +134,7 @@ def train_cgan(config: Config, layout: Layout, context: tracking.TrackingContext
     data = load_prepared(layout.prepared)
     section, classes = config.cgan, data.classes
     settings = _settings(config, layout, "cgan", data, (cgan_model, cgan_train), progress)
-    loop.seed_everything(config.seed)
+    seed_everything(config.seed)
     g_params = artifacts.hparams_from_config("generator", config, len(classes))
     d_params = artifacts.hparams_from_config("discriminator", config, len(classes))
     generator = artifacts.build("generator", g_params).to(settings.device)
@@ -176,18 +176,27 @@ def train_cgan(config: Config, layout: Layout, context: tracking.TrackingContext
 
 
 @_in_process_group
+def vae_task(config: Config, data: PreparedData, device: torch.device) -> tuple[dict, vae_model.VAE,
+                                                                                   vae_train.VaeTask]:
+    """What the VAE stage trains: (hyper-parameters, the VAE they build, the task with the configured loss
+    weights and the validation split)."""
+    section = config.vae
+    params = artifacts.hparams_from_config("vae", config, len(data.classes))
+    vae = artifacts.build("vae", params).to(device)
+    task = vae_train.VaeTask(vae, section.lr, section.betas, section.recon_weight, section.kl_weight,
+                             torch.from_numpy(data.val.images), section.batch_size, section.class_weight,
+                             torch.from_numpy(data.val.labels))
+    return params, vae, task
+
+
 def train_vae(config: Config, layout: Layout, context: tracking.TrackingContext | None,
               progress: bool = True) -> dict:
     """Train the VAE on real (or glyph) training images; register `crypson-vae`."""
     data = load_prepared(layout.prepared)
     section = config.vae
     settings = _settings(config, layout, "vae", data, (vae_model, vae_train), progress)
-    loop.seed_everything(config.seed)
-    params = artifacts.hparams_from_config("vae", config, len(data.classes))
-    vae = artifacts.build("vae", params).to(settings.device)
-    task = vae_train.VaeTask(vae, section.lr, section.betas, section.recon_weight, section.kl_weight,
-                             torch.from_numpy(data.val.images), section.batch_size, section.class_weight,
-                             torch.from_numpy(data.val.labels))
+    seed_everything(config.seed)
+    params, vae, task = vae_task(config, data, settings.device)
     batches = InMemoryBatches((torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)),
                               section.batch_size, seed=config.seed)
     with _tracked_fit(task, batches, settings, context, "train_vae", _run_params(config, "vae", data)) as result:
@@ -266,7 +275,7 @@ def train_classifier(config: Config, layout: Layout, context: tracking.TrackingC
     settings = dataclasses.replace(settings, fingerprint=fingerprint_of(settings.fingerprint,
                                                                          files=(vae_path, cgan_path)))
     vae, _ = artifacts.load_model(vae_path, "vae", settings.device)
-    loop.seed_everything(config.seed)
+    seed_everything(config.seed)
     classes = len(data.classes)
     params = {"latent_dim": vae.latent_dim, "channels": list(vae.channels), "decoder_output": vae.decoder_output,
               "num_classes": classes, "hidden": section.hidden, "dropout": section.dropout}

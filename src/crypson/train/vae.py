@@ -10,8 +10,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.image import peak_signal_noise_ratio
 
+from crypson.evaluate.metrics import psnr_per_image
 from crypson.models.vae import VAE, vae_loss
 
 
@@ -89,8 +89,7 @@ class VaeTask:
             images = to_unit_range(self.val_images_u8[start : start + self.batch_size].to(device))
             labels = self.val_labels[start : start + self.batch_size].to(device) if self.class_weight > 0 else None
             loss, _, _, _, hits, reconstruction = self._loss(images, labels, self.vae)
-            psnr = peak_signal_noise_ratio(reconstruction.float(), images, data_range=1.0, reduction="none",
-                                           dim=(1, 2, 3))
+            psnr = psnr_per_image(reconstruction.float(), images, data_range=1.0)
             totals += torch.stack([loss * len(images), psnr.sum(), hits])
             count += len(images)
         val_loss, val_psnr, val_accuracy = (totals / count).tolist()
