@@ -21,3 +21,17 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped under CRYPSON_FAIL_ON_SKIP=1 (CI): {reason}"
+
+
+SUITES = ("unit", "e2e", "integration")
+
+
+def pytest_collection_modifyitems(items):
+    """Unit tests first (fast feedback), then e2e, then integration; within integration the fault test
+    last: it retrains and re-registers the classifier on the shared server, so the other tests see the
+    registry as the tiny pipeline's first execution left it."""
+    def rank(item) -> tuple[int, bool]:
+        suite = next((s for s in SUITES if f"/tests/{s}/" in str(item.path)), None)
+        return (SUITES.index(suite) if suite else len(SUITES), item.path.name == "test_faults.py")
+
+    items.sort(key=rank)

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from tests.e2e.helpers import REPO, run
+from tests.e2e.helpers import REPO, copy_repo, run
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +20,10 @@ def pipeline(tmp_path_factory):
     run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-qm", "tiny"], repo)
     first = run(["dvc", "repro"], repo)
     return repo, first
+
+
+@pytest.fixture
+def pipeline_copy(pipeline, tmp_path):
+    """The tiny pipeline's repository copied for one test that changes params, data or the registry."""
+    repo, first = pipeline
+    return copy_repo(repo, tmp_path / "repo"), first

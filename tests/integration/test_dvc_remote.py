@@ -5,7 +5,8 @@ import shutil
 import pytest
 
 from crypson import stack
-from tests.integration.helpers import copy_repo, file_digests, run
+from tests.e2e.helpers import copy_repo
+from tests.integration.helpers import file_digests, run
 
 pytestmark = pytest.mark.integration
 OUTPUTS = ("data", "models")

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from crypson import stack, tracking
-from tests.integration.helpers import commit, copy_repo, ran_stages, run
+from tests.e2e.helpers import copy_repo
+from tests.integration.helpers import commit, ran_stages, run
 
 pytestmark = pytest.mark.integration
 AFTER_CLASSIFIER = {"evaluate", "attack", "promote"}

@@ -3,6 +3,17 @@
 import pytest
 import torch
 
+# What points a process at a tracking server and an S3 store (the integration stack's client settings,
+# or a user's shell): unit tests run on their own embedded stores, without any of them.
+SERVER_SETTINGS = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                   "AWS_SESSION_TOKEN", "CRYPSON_KEY", "CRYPSON_SERVE_TOKEN")
+
+
+@pytest.fixture(autouse=True)
+def _own_environment(monkeypatch):
+    for name in SERVER_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+
 
 @pytest.fixture(scope="module")
 def one_thread():
