@@ -1,6 +1,9 @@
 """The tiny pipeline tracked on the stack: PostgreSQL registry, artifacts in the S3 bucket."""
 
+import base64
 import json
+import urllib.error
+import urllib.request
 
 import boto3
 import mlflow
@@ -31,8 +34,45 @@ def test_stack_is_idempotent_and_keeps_secrets_out_of_logs(services):
     assert (services.root / "credentials.json").stat().st_mode & 0o777 == 0o600
     for log in services.root.rglob("*.log"):
         text = log.read_text(errors="replace")
-        for secret in (creds.secret_key, creds.db_password):
+        for secret in (creds.secret_key, creds.db_password, creds.mlflow_password, creds.flask_secret):
             assert secret not in text, log
+
+
+def server_answer(services, path: str, login: tuple[str, str] | None) -> int:
+    request = urllib.request.Request(f"{services.tracking_uri}{path}")
+    if login:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(login).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_the_tracking_server_asks_for_a_login(services):
+    search = "/api/2.0/mlflow/experiments/search?max_results=1"
+    password = stack.credentials(services).mlflow_password
+    assert server_answer(services, search, None) == 401
+    assert server_answer(services, search, ("crypson", password[::-1])) == 401
+    assert server_answer(services, search, ("crypson", password)) == 200
+    assert server_answer(services, "/health", None) == 200  # what a load balancer probes
+
+
+def test_postgres_holds_the_runs_and_the_registry(services, server_pipeline):
+    """MLflow's backend store is the stack's PostgreSQL: its tables hold what the client reads back."""
+    import psycopg2
+
+    client = mlflow.MlflowClient(services.tracking_uri)
+    experiment = client.get_experiment_by_name("crypson")
+    runs = {r.info.run_id for r in client.search_runs([experiment.experiment_id], max_results=1000)}
+    creds = stack.credentials(services)
+    with psycopg2.connect(host=stack.HOST, port=services.port("postgres"), dbname="mlflow", user="crypson",
+                          password=creds.db_password) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT run_uuid FROM runs WHERE experiment_id = %s", (int(experiment.experiment_id),))
+        assert {row[0] for row in cursor.fetchall()} == runs
+        cursor.execute("SELECT name, version FROM model_versions WHERE name LIKE 'crypson-%%'")
+        assert {(name, str(version)) for name, version in cursor.fetchall()} >= {
+            (name, "1") for name in tracking.MODEL_NAMES.values()}
 
 
 def test_pipeline_registers_versions_with_artifacts_in_the_bucket(services, server_pipeline):

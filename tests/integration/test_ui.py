@@ -10,6 +10,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from crypson import stack
+
 pytestmark = pytest.mark.integration
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -39,10 +41,14 @@ def render(url: str, workdir: Path, name: str) -> str:
 
 def test_ui_shows_run_metrics_and_model_aliases(services, server_pipeline, tmp_path):
     client = mlflow.MlflowClient(services.tracking_uri)
+    # The server asks for a login (basic auth): the browser sends the stack's, as a user types it in.
+    login = stack.client_env(services)
+    signed_in = services.tracking_uri.replace(
+        "://", f"://{login['MLFLOW_TRACKING_USERNAME']}:{login['MLFLOW_TRACKING_PASSWORD']}@", 1)
     experiment = client.get_experiment_by_name("crypson")
     [evaluate] = client.search_runs([experiment.experiment_id], "tags.`crypson.stage` = 'evaluate'",
                                     max_results=1, order_by=["attributes.start_time ASC"])
-    page = render(f"{services.tracking_uri}/#/experiments/{experiment.experiment_id}/runs/{evaluate.info.run_id}",
+    page = render(f"{signed_in}/#/experiments/{experiment.experiment_id}/runs/{evaluate.info.run_id}",
                   tmp_path, "evaluate-run")
     assert evaluate.info.run_name in page and "evaluate" == evaluate.info.run_name
     for metric in ("accuracy_real", "accuracy_generated", "psnr_db"):
@@ -53,7 +59,7 @@ def test_ui_shows_run_metrics_and_model_aliases(services, server_pipeline, tmp_p
     assert any(abs(number - value) <= 0.01 for number in shown), (value, shown[:40])
 
     version = client.get_model_version("crypson-vae", "1")
-    page = render(f"{services.tracking_uri}/#/models/crypson-vae", tmp_path, "vae-model")
+    page = render(f"{signed_in}/#/models/crypson-vae", tmp_path, "vae-model")
     assert client.get_registered_model("crypson-vae").description[:30] in page
     assert re.search(r"@\s*candidate", page) and re.search(r"@\s*champion", page)
     assert f"git_commit : {version.tags['git_commit']}" in page

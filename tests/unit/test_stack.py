@@ -1,5 +1,6 @@
 """The local stack's settings and credentials (no services started here: tests/integration does that)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,17 @@ def test_credentials_generated_once_private(tmp_path):
     assert other.secret_key != first.secret_key  # generated, never a constant
     env = stack.client_env(config)
     assert env["AWS_SECRET_ACCESS_KEY"] == first.secret_key and env["MLFLOW_S3_ENDPOINT_URL"] == config.s3_endpoint
+    assert env["MLFLOW_TRACKING_USERNAME"] == "crypson" and env["MLFLOW_TRACKING_PASSWORD"] == first.mlflow_password
+    assert len({first.secret_key, first.db_password, first.mlflow_password, first.flask_secret}) == 4
+
+
+def test_an_older_stack_gains_the_new_secrets_and_keeps_its_own(tmp_path):
+    old = {"access_key": "CRYPSONAB", "secret_key": "s" * 40, "db_password": "d" * 32}
+    stack.settings.write_private(tmp_path / "credentials.json", json.dumps(old).encode())
+    creds = stack.credentials(stack.StackConfig(root=tmp_path))
+    assert (creds.access_key, creds.secret_key, creds.db_password) == tuple(old.values())
+    assert len(creds.mlflow_password) >= 24 and creds == stack.credentials(stack.StackConfig(root=tmp_path))
+    assert (tmp_path / "credentials.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_readable_credentials_are_refused(tmp_path):

@@ -11,8 +11,8 @@ import urllib.request
 from pathlib import Path
 
 from crypson.stack.processes import port_open, read_pid, require_free, spawn, terminate, wait
-from crypson.stack.settings import (DB_NAME, DB_USER, HOST, SERVICES, Credentials, StackConfig, StackError,
-                                    client_env, credentials, write_private)
+from crypson.stack.settings import (DB_NAME, DB_USER, HOST, MLFLOW_USER, SERVICES, Credentials, StackConfig,
+                                    StackError, client_env, credentials, write_private)
 
 
 # --- PostgreSQL (Debian's package: initdb + pg_ctl, no systemd) --------------------------------
@@ -174,12 +174,31 @@ def _start_mlflow(config: StackConfig) -> None:
     env = {**os.environ, **client_env(config), "MLFLOW_DISABLE_TELEMETRY": "true",
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
            "MLFLOW_BACKEND_STORE_URI": f"postgresql+psycopg2://{DB_USER}:{creds.db_password}"
-                                       f"@{HOST}:{config.port('postgres')}/{DB_NAME}"}
-    env.pop("MLFLOW_TRACKING_URI")
+                                       f"@{HOST}:{config.port('postgres')}/{DB_NAME}",
+           # Basic auth (MLflow's auth app): every request but /health needs a login. The admin user is
+           # created from these on first start; the workers share the session-signing key.
+           "MLFLOW_AUTH_CONFIG_PATH": str(_auth_config(config)), "MLFLOW_AUTH_ADMIN_USERNAME": MLFLOW_USER,
+           "MLFLOW_AUTH_ADMIN_PASSWORD": creds.mlflow_password, "MLFLOW_FLASK_SERVER_SECRET_KEY": creds.flask_secret}
+    for client_only in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        env.pop(client_only)
     command = [sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(config.port("mlflow")),
-               "--workers", "2", "--default-artifact-root", config.artifact_root, "--no-serve-artifacts"]
+               "--workers", "2", "--default-artifact-root", config.artifact_root, "--no-serve-artifacts",
+               "--app-name", "basic-auth"]
     spawn(command, log, pid_file, env)
     wait(lambda: _healthy(config), f"MLflow server on {config.tracking_uri}", log, timeout=180)
+
+
+def _auth_config(config: StackConfig) -> Path:
+    """The auth app's settings (no secret in them): users in a SQLite file beside the server's log,
+    READ as what a logged-in user may do on what others created; the admin login comes from the
+    environment."""
+    path = config.root / "mlflow" / "basic_auth.ini"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("[mlflow]\ndefault_permission = READ\n"
+                    f"database_uri = sqlite:///{config.root / 'mlflow' / 'basic_auth.db'}\n"
+                    f"admin_username = {MLFLOW_USER}\n"
+                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    return path
 
 
 def _healthy(config: StackConfig) -> bool:

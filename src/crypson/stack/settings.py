@@ -61,24 +61,38 @@ def config_from_env(environ: Mapping[str, str], default_root: Path) -> StackConf
     return StackConfig(root=root, port_base=int(raw_base), bucket=bucket)
 
 
+MLFLOW_USER = "crypson"  # the tracking server's admin login (MLflow basic auth)
+
+
 @dataclass(frozen=True)
 class Credentials:
-    access_key: str
+    access_key: str  # S3
     secret_key: str
-    db_password: str
+    db_password: str  # PostgreSQL
+    mlflow_password: str  # the MLflow server's login for MLFLOW_USER
+    flask_secret: str  # signs the MLflow server's sessions and CSRF tokens (shared by its workers)
+
+
+def _fresh_secrets() -> dict[str, str]:
+    return {"access_key": "CRYPSON" + secrets.token_hex(8).upper(), "secret_key": secrets.token_urlsafe(30),
+            "db_password": secrets.token_urlsafe(24), "mlflow_password": secrets.token_urlsafe(24),
+            "flask_secret": secrets.token_urlsafe(32)}
 
 
 def credentials(config: StackConfig) -> Credentials:
-    """Load the stack's credentials, generating them on first use into a 0600 file."""
+    """Load the stack's credentials, generating them on first use into a 0600 file (and any that a
+    stack made by an older version lacks: the existing ones are kept)."""
     path = config.root / "credentials.json"
-    if not path.exists():
+    stored = {}
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            raise StackError(f"{path} is readable by others (mode {oct(path.stat().st_mode & 0o777)}); chmod 600 it")
+        stored = json.loads(path.read_text())
+    if not stored.keys() >= Credentials.__dataclass_fields__.keys():
         config.root.mkdir(parents=True, exist_ok=True)
-        fresh = {"access_key": "CRYPSON" + secrets.token_hex(8).upper(), "secret_key": secrets.token_urlsafe(30),
-                 "db_password": secrets.token_urlsafe(24)}
-        write_private(path, json.dumps(fresh).encode())
-    if path.stat().st_mode & 0o077:
-        raise StackError(f"{path} is readable by others (mode {oct(path.stat().st_mode & 0o777)}); chmod 600 it")
-    return Credentials(**json.loads(path.read_text()))
+        stored = {**_fresh_secrets(), **stored}
+        write_private(path, json.dumps(stored).encode())
+    return Credentials(**{key: stored[key] for key in Credentials.__dataclass_fields__})
 
 
 def write_private(path: Path, payload: bytes) -> None:
@@ -95,6 +109,7 @@ def client_env(config: StackConfig) -> dict[str, str]:
     """What a client (the pipeline, DVC, boto3) needs in its environment to use the stack."""
     creds = credentials(config)
     return {"MLFLOW_TRACKING_URI": config.tracking_uri, "MLFLOW_S3_ENDPOINT_URL": config.s3_endpoint,
+            "MLFLOW_TRACKING_USERNAME": MLFLOW_USER, "MLFLOW_TRACKING_PASSWORD": creds.mlflow_password,
             "AWS_ACCESS_KEY_ID": creds.access_key, "AWS_SECRET_ACCESS_KEY": creds.secret_key,
             "AWS_DEFAULT_REGION": "us-east-1"}
 
