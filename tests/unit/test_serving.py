@@ -108,3 +108,15 @@ def test_the_server_needs_a_token_and_valid_operations():
         serving.check_operations(["shred"])
     with pytest.raises(ValueError, match="operations must be"):
         serving.check_operations([])
+
+
+def test_a_refusal_does_not_echo_the_request(service):
+    """MLflow's scoring server prefixes a predict error with the request data; a refusal keeps its own words."""
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as refused:
+        _predict(service, [{"operation": "encrypt", "text": "ATTACK AT DAWN"}], "wrong token, long enough")
+    error = refused.value
+    error.message = f"Failed to predict data '{error.message} ATTACK AT DAWN'"  # what the scoring server does
+    assert "ATTACK" not in error.message and "ATTACK" not in error.serialize_as_json()
+    assert error.message.startswith("authentication required")

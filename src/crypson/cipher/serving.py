@@ -33,6 +33,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from crypson.cipher.alphabet import AlphabetError
 from crypson.cipher.envelope import CiphertextError, from_json, to_json
@@ -56,6 +57,20 @@ def check_operations(operations: tuple[str, ...] | list[str]) -> set[str]:
         raise ValueError(f"operations must be one or both of {', '.join(OPERATIONS)}, got {', '.join(operations)}")
     return chosen
 
+
+
+class Refused(MlflowException):
+    """A refusal whose message stays as written. MLflow's scoring server rewrites the message of an
+    MlflowException raised in predict to "Failed to predict data '<the whole request>'", which would
+    echo a refused request's plaintext or ciphertext into the 4xx answer (and any proxy log)."""
+
+    @property
+    def message(self) -> str:
+        return self.__dict__["fixed_message"]
+
+    @message.setter
+    def message(self, value: str) -> None:
+        self.__dict__.setdefault("fixed_message", value)
 
 class CipherService(mlflow.pyfunc.PythonModel):
     """Encrypt/decrypt rows in batches with the bundled networks and the server's key."""
@@ -113,18 +128,17 @@ class CipherService(mlflow.pyfunc.PythonModel):
     def _authorise(self, token: object, model_input: pd.DataFrame) -> None:
         """401 without the server's token (compared in constant time); 403 for an operation this deployment
         does not allow. A refused request does nothing."""
-        from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, UNAUTHENTICATED
 
         given = hashlib.sha256(token.encode()).digest() if isinstance(token, str) else b""
         if not hmac.compare_digest(given, self.token_digest):
-            raise MlflowException("authentication required: send the server's token as params.token "
-                                  f"(the server reads it from {TOKEN_ENV_VAR})", error_code=UNAUTHENTICATED)
+            raise Refused("authentication required: send the server's token as params.token "
+                          f"(the server reads it from {TOKEN_ENV_VAR})", error_code=UNAUTHENTICATED)
         asked = set(model_input["operation"]) if "operation" in model_input else set()
         refused = sorted(str(op) for op in asked & set(OPERATIONS) - self.operations)
         if refused:
-            raise MlflowException(f"this server does not allow {', '.join(refused)}; it allows "
-                                  f"{', '.join(sorted(self.operations))}", error_code=PERMISSION_DENIED)
+            raise Refused(f"this server does not allow {', '.join(refused)}; it allows "
+                          f"{', '.join(sorted(self.operations))}", error_code=PERMISSION_DENIED)
 
     def _run(self, operation: str, rows: list[dict]) -> list[dict]:
         """All rows of one operation in one batched call; if that fails, row by row for the errors."""
