@@ -401,10 +401,3 @@ def set_champion(versions: dict[str, str]) -> None:
             else:
                 client.set_registered_model_alias(name, CHAMPION, before[name])
         raise
-
-
-def disable_telemetry() -> None:
-    """MLflow 3 and DVC send usage telemetry unless told not to; nothing leaves this machine."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("DVC_NO_ANALYTICS", "1")

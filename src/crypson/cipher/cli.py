@@ -17,6 +17,7 @@ from crypson.cipher.alphabet import AlphabetError
 from crypson.cipher.envelope import CiphertextError, Envelope, from_bytes, from_json, to_bytes, to_json
 from crypson.cipher.keys import KEY_ENV_VAR, SecretKey, key_from_env, read_key_file, write_key_file
 from crypson.config import Config, ConfigError, load_config
+from crypson.telemetry import disable_telemetry
 
 KeyFileOption = Annotated[Path | None, typer.Option("--key-file", "-k", help=f"key file (else ${KEY_ENV_VAR})")]
 ParamsOption = Annotated[Path, typer.Option(
@@ -48,14 +49,14 @@ def _config(params: Path) -> Config:
 
 
 def _models(spec: str, device: str):
-    from crypson import artifacts, tracking
+    from crypson import artifacts
     from crypson.cipher import loading
 
     artifacts.refuse_pickle_loads()  # this process holds the key
 
     if Path(spec).is_dir():
         return loading.from_directory(Path(spec), device)
-    tracking.disable_telemetry()
+    disable_telemetry()
     return loading.from_registry(spec, device)
 
 
@@ -201,12 +202,11 @@ def serve_register(
         "--operations", help="what the server answers: encrypt,decrypt (default), encrypt or decrypt")] = "encrypt,decrypt",
 ) -> None:
     """Register `crypson-cipher` (encrypt/decrypt over `mlflow models serve`) bundling the aliased models."""
-    from crypson import tracking
     from crypson.cipher.serving import SERVED_NAME, register_service
 
     try:
         config = _config(params)
-        tracking.disable_telemetry()
+        disable_telemetry()
         _tracking(config)
         settings = {"gaussian_sigma": config.cipher.gaussian_sigma, "modular_range": config.cipher.modular_range}
         if config.cipher.scheme == "report":

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from crypson.cipher.keys import KEY_BYTES, NONCE_BYTES, SecretKey, derive_message_keys
@@ -248,6 +246,9 @@ def linear_probe_attack(
     """
     num_positions = _num_positions(train_positions, test_positions)
     train_inputs = _with_positions(train_features, train_positions, num_positions)
+    from sklearn.linear_model import LogisticRegression  # scikit-learn loads only for this attacker
+    from sklearn.preprocessing import StandardScaler
+
     scaler = StandardScaler().fit(train_inputs)
     probe = LogisticRegression(max_iter=1000)
     probe.fit(scaler.transform(train_inputs), train_labels.numpy())

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 from crypson.cipher.keys import KEY_BYTES, NONCE_BYTES, SecretKey, derive_message_keys
 from crypson.cipher.masks import UINT16_MODULUS, KeyedModularMask, MaskScheme, get_scheme
@@ -63,6 +62,8 @@ def mean_interval(values: torch.Tensor, z: float = 1.96) -> tuple[float, float, 
 
 def score_images(attacker: str, scheme: str, images: torch.Tensor, receiver: torch.Tensor) -> ImageInversionResult:
     """PSNR (capped at PSNR_CAP_DB) and SSIM of each (N, 1, H, W) image in [0, 1] against the receiver's."""
+    from torchmetrics.functional.image import structural_similarity_index_measure  # seconds to import: here
+
     psnr = psnr_per_image(images.clamp(0, 1), receiver).clamp(max=PSNR_CAP_DB)
     ssim = structural_similarity_index_measure(images.clamp(0, 1), receiver, data_range=1.0, reduction="none")
     psnr_mean, psnr_low, psnr_high = mean_interval(psnr)

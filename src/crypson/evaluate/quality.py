@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchmetrics.functional.text import char_error_rate
-from torchmetrics.image.fid import FrechetInceptionDistance
 
 
 class ReferenceCNN(nn.Module):
@@ -140,6 +138,10 @@ def frechet_distance_of_features(extractor: nn.Module, real: torch.Tensor, gener
     """The Frechet distance in the space of any extractor with a `num_features` attribute."""
     if len(real) < 2 or len(generated) < 2:
         raise ValueError(f"need at least 2 samples in each set, got {len(real)} and {len(generated)}")
+    # torchmetrics loads here, not with this module: importing it (torchvision, dynamo) costs seconds in
+    # every stage process that imports this module and never computes a distance (promote, attack).
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
     metric = FrechetInceptionDistance(feature=extractor, normalize=True)
     for images, is_real in ((real, True), (generated, False)):
         for start in range(0, len(images), batch_size):
@@ -151,4 +153,6 @@ def character_error_rate(decoded: list[str], references: list[str]) -> float:
     """Total Levenshtein edits / total reference characters over a corpus (torchmetrics' CER)."""
     if len(decoded) != len(references) or not references:
         raise ValueError(f"need as many decoded texts as references (> 0), got {len(decoded)} and {len(references)}")
+    from torchmetrics.functional.text import char_error_rate
+
     return float(char_error_rate(decoded, references))

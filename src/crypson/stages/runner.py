@@ -11,8 +11,14 @@ import logging
 import os
 from pathlib import Path
 
-from crypson import provenance, tracking
+from typing import TYPE_CHECKING
+
+from crypson import provenance
 from crypson.config import Config, ConfigError
+from crypson.telemetry import disable_telemetry
+
+if TYPE_CHECKING:
+    from crypson.tracking import TrackingContext
 
 STAGES = ("ingest", "prepare", "validate", "train_cgan", "train_vae", "train_classifier", "evaluate", "attack",
           "promote")
@@ -23,8 +29,9 @@ def stage_errors() -> tuple[type[Exception], ...]:
     """The errors a stage stops on with a one-line reason (bad settings, missing inputs, failed
     validation, an unreachable tracking server); anything else is a bug and keeps its traceback."""
     from crypson.stages.data import DataValidationError
+    from crypson.tracking import TrackingUnavailableError
 
-    return (ConfigError, FileNotFoundError, DataValidationError, ValueError, tracking.TrackingUnavailableError)
+    return (ConfigError, FileNotFoundError, DataValidationError, ValueError, TrackingUnavailableError)
 
 
 def configure_logging() -> None:
@@ -32,11 +39,12 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("mlflow", "alembic", "great_expectations", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    tracking.disable_telemetry()
+    disable_telemetry()
 
 
-def tracking_context(config: Config, params: bytes, root: Path) -> tracking.TrackingContext:
+def tracking_context(config: Config, params: bytes, root: Path) -> TrackingContext:
     """The MLflow experiment, the execution's parent run and the provenance tags every stage run carries."""
+    from crypson import tracking
     from crypson.data.prepare import load_prepared
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.tracking_uri
@@ -65,7 +73,6 @@ def run_stage(stage: str, config: Config, root: Path, params: bytes, *, progress
             expected failures).
     """
     from crypson import stages
-    from crypson.train import distributed
 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; allowed: {', '.join(STAGES)}")
@@ -74,6 +81,8 @@ def run_stage(stage: str, config: Config, root: Path, params: bytes, *, progress
     if stage in DATA_STAGES:
         function(config, layout)
     elif stage.startswith("train_"):
+        from crypson.train import distributed
+
         # Under torchrun only rank 0 tracks: other ranks would race it to create the store and runs.
         context = tracking_context(config, params, root) if distributed.is_main_process() else None
         function(config, layout, context, progress=progress)
