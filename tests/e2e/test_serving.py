@@ -102,7 +102,9 @@ def test_served_model_encrypts_and_decrypts_over_http(served):
     served_files = [p for p in (repo / "mlartifacts").rglob("*") if p.is_file()]
     assert not [p for p in served_files if p.suffix == ".pkl"]
     models = [p.read_text() for p in served_files if p.name == "MLmodel"]
-    assert len(models) >= 4 and all("loader_module: mlflow.pyfunc.loaders.code_model" in m for m in models)
+    assert len(models) == 4 and all("loader_module: mlflow.pyfunc.loaders.code_model" in m for m in models)
+    assert sum("served_model.py" in m for m in models) == 1  # the bundle, beside the three networks
+    assert not (repo / "mlruns").exists()  # nothing logged outside the pipeline's experiment
     # The key is in none of the served model's artifacts, the store, or the server's log.
     forms = [key.hex().encode(), key.hex().upper().encode(), base64.b64encode(key)]
     blobs = [log.read_bytes(), (repo / "mlflow.db").read_bytes()]

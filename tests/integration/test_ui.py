@@ -1,10 +1,15 @@
 """The MLflow UI, rendered by headless Chromium from the stack's server after the tiny pipeline."""
 
+import base64
 import html
+import http.server
 import os
 import re
 import shutil
 import subprocess
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -39,12 +44,56 @@ def render(url: str, workdir: Path, name: str) -> str:
     return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)))
 
 
-def test_ui_shows_run_metrics_and_model_aliases(services, server_pipeline, tmp_path):
-    client = mlflow.MlflowClient(services.tracking_uri)
-    # The server asks for a login (basic auth): the browser sends the stack's, as a user types it in.
+@pytest.fixture
+def signed_in(services):
+    """The server through a local proxy that adds the stack's login to every request, as a browser does once
+    the user typed it in (headless Chromium cannot answer the login prompt, and sends credentials written
+    into a URL only with the page, not with the app's API calls)."""
     login = stack.client_env(services)
-    signed_in = services.tracking_uri.replace(
-        "://", f"://{login['MLFLOW_TRACKING_USERNAME']}:{login['MLFLOW_TRACKING_PASSWORD']}@", 1)
+    token = base64.b64encode(f"{login['MLFLOW_TRACKING_USERNAME']}:{login['MLFLOW_TRACKING_PASSWORD']}".encode())
+    upstream = services.tracking_uri
+
+    class SignIn(http.server.BaseHTTPRequestHandler):
+        def forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            request = urllib.request.Request(upstream + self.path, data=body, method=self.command,
+                                             headers={**headers, "Authorization": f"Basic {token.decode()}"})
+            try:
+                response = urllib.request.urlopen(request, timeout=60)
+            except urllib.error.HTTPError as error:
+                response = error
+            with response:
+                payload = response.read()
+                self.send_response(response.status)
+                for key, value in response.headers.items():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = forward
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+    proxy = http.server.ThreadingHTTPServer((stack.HOST, 0), SignIn)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{stack.HOST}:{proxy.server_address[1]}"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_ui_shows_run_metrics_and_model_aliases(services, server_pipeline, signed_in, tmp_path):
+    client = mlflow.MlflowClient(services.tracking_uri)
+    # The server asks for a login: the browser itself gets a 401 without one.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{services.tracking_uri}/ajax-api/2.0/mlflow/experiments/search?max_results=1")
+    assert refused.value.code == 401
     experiment = client.get_experiment_by_name("crypson")
     [evaluate] = client.search_runs([experiment.experiment_id], "tags.`crypson.stage` = 'evaluate'",
                                     max_results=1, order_by=["attributes.start_time ASC"])

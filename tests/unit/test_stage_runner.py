@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 from crypson import tracking
 from crypson.config import parse_config
 from crypson.stages import runner
+from crypson.stages import stage_function as stage_lookup
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -89,3 +90,11 @@ def test_an_interrupted_training_stage_resumes_in_its_own_mlflow_run(prepared, m
     registration = json.loads((prepared / "models" / "vae" / "registration.json").read_text())
     assert registration["run_id"] == run.info.run_id
     assert not (prepared / "checkpoints" / "vae.pt").exists()
+
+
+def test_each_stage_resolves_to_its_function_whatever_was_imported_before():
+    from crypson.stages import attack  # noqa: F401 - the module named like its stage, imported first
+
+    for name in runner.STAGES:
+        function = stage_lookup(name)
+        assert callable(function) and function.__name__ == name

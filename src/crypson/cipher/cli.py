@@ -202,18 +202,22 @@ def serve_register(
         "--operations", help="what the server answers: encrypt,decrypt (default), encrypt or decrypt")] = "encrypt,decrypt",
 ) -> None:
     """Register `crypson-cipher` (encrypt/decrypt over `mlflow models serve`) bundling the aliased models."""
+    from crypson import tracking
     from crypson.cipher.serving import SERVED_NAME, register_service
 
     try:
         config = _config(params)
         disable_telemetry()
-        _tracking(config)
+        # The bundle is logged in the pipeline's experiment, beside the models it bundles (not in Default).
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.tracking_uri
+        mlflow_experiment = tracking.configure(uri, config.tracking.experiment, Path(config.tracking.artifact_dir))
         settings = {"gaussian_sigma": config.cipher.gaussian_sigma, "modular_range": config.cipher.modular_range}
         if config.cipher.scheme == "report":
             raise ValueError("refusing to serve the insecure 'report' baseline scheme")
         version = register_service(alias, config.cipher.scheme, settings, config.cipher.candidates, allow_misread,
-                                   tuple(op.strip() for op in operations.split(",") if op.strip()))
-    except (ConfigError, LookupError, ValueError) as error:
+                                   tuple(op.strip() for op in operations.split(",") if op.strip()),
+                                   experiment_id=mlflow_experiment)
+    except (ConfigError, LookupError, ValueError, tracking.TrackingUnavailableError) as error:
         _fail(str(error))
     typer.echo(f"registered {SERVED_NAME} v{version} (alias {alias}); serve it with:\n"
                f"  CRYPSON_KEY=... CRYPSON_SERVE_TOKEN=... mlflow models serve -m models:/{SERVED_NAME}@{alias} "

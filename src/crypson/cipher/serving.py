@@ -198,13 +198,15 @@ def signature():
 
 
 def register_service(alias: str, scheme: str, scheme_settings: dict[str, float], candidates: int,
-                     allow_misread: bool = False, operations: tuple[str, ...] = OPERATIONS) -> str:
+                     allow_misread: bool = False, operations: tuple[str, ...] = OPERATIONS,
+                     experiment_id: str | None = None) -> str:
     """Log `crypson-cipher` bundling the versions `alias` points at; register it with the same alias.
 
     candidates: images per character for the sender's check (`codec.encrypt`), recorded in the
         bundle's manifest.
     allow_misread: the served encrypt sends a character no candidate reads back instead of an error row.
     operations: what the deployment answers (encrypt, decrypt or both); others get a 403.
+    experiment_id: the MLflow experiment of the registering run (None: the active or default one).
 
     Returns:
         The new `crypson-cipher` version.
@@ -226,7 +228,8 @@ def register_service(alias: str, scheme: str, scheme_settings: dict[str, float],
         manifest_path = Path(folder) / "manifest.json"
         manifest_path.write_text(json.dumps(manifest, indent=2))
         artifacts = {kind: str(path) for kind, (path, _) in weights.items()}
-        with mlflow.start_run(run_name="register_cipher_service", tags={"crypson.stage": "serve"}):
+        with mlflow.start_run(experiment_id=experiment_id, run_name="register_cipher_service",
+                              tags={"crypson.stage": "serve"}):
             mlflow.log_params({f"bundled.{name}": version for name, version in versions.items()}
                               | {"scheme": scheme, "candidates": candidates, "allow_misread": allow_misread,
                                  "operations": ",".join(sorted(operations))})

@@ -54,7 +54,6 @@ RESULTS: dict[str, Callable[[Layout], Path]] = {
 }
 
 
-
 class MetricsArtifact(Protocol):
     """The part of kfp's Metrics artifact this module uses."""
 

@@ -1,26 +1,36 @@
 """One function per pipeline stage: the only implementation, called by the stage runner
 (crypson.stages.runner: the CLI, and so `dvc repro`, and the Kubeflow components).
 
-The stage functions load on first use (PEP 562), so a stage's process imports only its own module's
-dependencies: `crypson stage ingest` needs neither MLflow nor the figures.
+Each stage's module loads on first use, so a stage's process imports only what that stage needs:
+`crypson stage ingest` needs neither MLflow nor the figures. `stage_function(name)` is the way in;
+the names below also resolve lazily (PEP 562), except `attack`, whose module has the same name.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 from crypson.stages.layout import Layout
 
-# name -> the module that defines it
-_HOMES = {"ingest": "data", "prepare": "data", "validate": "data", "DataValidationError": "data",
-          "train_cgan": "training", "train_vae": "training", "train_classifier": "training",
-          "evaluate": "evaluation", "promote": "evaluation", "attack": "attack"}
+# Stage name -> its module under crypson.stages, in pipeline order (dvc.yaml's, tested).
+STAGE_MODULES = {"ingest": "data", "prepare": "data", "validate": "data", "train_cgan": "training",
+                 "train_vae": "training", "train_classifier": "training", "evaluate": "evaluation",
+                 "attack": "attack", "promote": "evaluation"}
+_LAZY = {**{name: home for name, home in STAGE_MODULES.items() if name != home}, "DataValidationError": "data"}
 
-__all__ = ["Layout", *_HOMES]
+__all__ = ["Layout", "STAGE_MODULES", "stage_function", *_LAZY]
+
+
+def stage_function(name: str) -> Callable[..., Any]:
+    """The function that implements stage `name`, its module imported now."""
+    if name not in STAGE_MODULES:
+        raise ValueError(f"unknown stage {name!r}; allowed: {', '.join(STAGE_MODULES)}")
+    return getattr(importlib.import_module(f"crypson.stages.{STAGE_MODULES[name]}"), name)
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
+    if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"crypson.stages.{_HOMES[name]}"), name)
+    return getattr(importlib.import_module(f"crypson.stages.{_LAZY[name]}"), name)

@@ -1,7 +1,7 @@
 """Run one pipeline stage with its MLflow context: the one entry that `crypson stage ...` (and so
 `dvc repro`) and the Kubeflow components (crypson.kfp.runtime) share.
 
-It takes a validated Config and raises the stages' own errors (STAGE_ERRORS); each caller turns them
+It takes a validated Config and raises the stages' own errors (stage_errors()); each caller turns them
 into what its world expects (an exit code and a line on stderr, a failed KFP task).
 """
 
@@ -10,18 +10,17 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from crypson import provenance
 from crypson.config import Config, ConfigError
+from crypson.stages import STAGE_MODULES, Layout, stage_function
 from crypson.telemetry import disable_telemetry
 
 if TYPE_CHECKING:
     from crypson.tracking import TrackingContext
 
-STAGES = ("ingest", "prepare", "validate", "train_cgan", "train_vae", "train_classifier", "evaluate", "attack",
-          "promote")
+STAGES = tuple(STAGE_MODULES)
 DATA_STAGES = ("ingest", "prepare", "validate")  # no MLflow run: they log nothing and register nothing
 
 
@@ -72,12 +71,8 @@ def run_stage(stage: str, config: Config, root: Path, params: bytes, *, progress
         ValueError: an unknown stage name (and, like every error in stage_errors(), a stage's own
             expected failures).
     """
-    from crypson import stages
-
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; allowed: {', '.join(STAGES)}")
-    function = getattr(stages, stage)
-    layout = stages.Layout(root)
+    function = stage_function(stage)
+    layout = Layout(root)
     if stage in DATA_STAGES:
         function(config, layout)
     elif stage.startswith("train_"):
