@@ -191,13 +191,16 @@ def _start_mlflow(config: StackConfig) -> None:
 def _auth_config(config: StackConfig) -> Path:
     """The auth app's settings (no secret in them): users in a SQLite file beside the server's log,
     READ as what a logged-in user may do on what others created; the admin login comes from the
-    environment."""
+    environment. A checked login is cached for 60 s in each worker: without the cache every request
+    pays a PBKDF2 hash (the pipeline makes hundreds), and a changed password or a removed user takes up
+    to 60 s to reach the other worker."""
     path = config.root / "mlflow" / "basic_auth.ini"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("[mlflow]\ndefault_permission = READ\n"
                     f"database_uri = sqlite:///{config.root / 'mlflow' / 'basic_auth.db'}\n"
                     f"admin_username = {MLFLOW_USER}\n"
-                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                    "auth_cache_ttl_seconds = 60\n")
     return path
 
 
