@@ -5,6 +5,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,14 +33,15 @@ def copy_repo(source: Path, destination: Path) -> Path:
     store = destination / "mlflow.db"
     if store.is_file():
         old, new = f"{source.resolve()}/", f"{destination.resolve()}/"
-        with sqlite3.connect(store) as db:
+        with closing(sqlite3.connect(store)) as db, db:  # closed after the transaction commits
             tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
             for table in tables:
                 for column in db.execute(f'PRAGMA table_info("{table}")').fetchall():
                     if column[2].upper().startswith(("VARCHAR", "TEXT")):
                         db.execute(f'UPDATE "{table}" SET "{column[1]}" = replace("{column[1]}", ?, ?) '
                                    f'WHERE instr("{column[1]}", ?) > 0', (old, new, old))
-        dump = "\n".join(sqlite3.connect(store).iterdump())
+        with closing(sqlite3.connect(store)) as db:
+            dump = "\n".join(db.iterdump())
         if old in dump:
             raise AssertionError(f"{store} still names {old} after the move")
     return destination

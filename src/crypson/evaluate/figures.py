@@ -32,12 +32,16 @@ def tile(images: torch.Tensor, columns: int, padding: int = 2, pad_value: float 
     return grid
 
 
+def grid_pixels(images: torch.Tensor, columns: int) -> np.ndarray:
+    """(N, 1, H, W) images in [0, 1] -> one tiled (H', W', 3) uint8 grid, `columns` images a row."""
+    grid = tile(images.clamp(0, 1), columns)  # (3, H', W')
+    return grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
 def image_grid_png(images: torch.Tensor, columns: int) -> bytes:
     """(N, 1, H, W) images in [0, 1] -> one PNG grid, `columns` images a row, grey padding."""
-    grid = tile(images.clamp(0, 1), columns)  # (3, H', W')
-    pixels = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="png")
+    Image.fromarray(grid_pixels(images, columns)).save(buffer, format="png")
     return buffer.getvalue()
 
 

@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # headless: stages run on servers and in containers
 import mlflow  # noqa: E402
 import torch  # noqa: E402
 
-from crypson.evaluate.figures import tile  # noqa: E402
+from crypson.evaluate.figures import grid_pixels  # noqa: E402
 from crypson.io import atomic_write_bytes  # noqa: E402
 
 
@@ -28,8 +28,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def log_image_grid(images: torch.Tensor, artifact_file: str, columns: int) -> None:
     """(N, 1, H, W) in [0, 1] -> one PNG grid in the active MLflow run."""
-    grid = tile(images.clamp(0, 1), columns)  # (3, H', W')
-    mlflow.log_image(grid.permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy(), artifact_file)
+    mlflow.log_image(grid_pixels(images, columns), artifact_file)
 
 
 def log_loss_curves(history: list[dict[str, float]], keys: list[str], artifact_file: str) -> None:
