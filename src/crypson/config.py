@@ -3,6 +3,10 @@
 Every setting of every stage lives in params.yaml (one section per stage, as in DVC's
 example-get-started). This module turns it into typed objects; library code receives plain
 arguments from them and never reads files or environment variables for its settings.
+
+The defaults below equal params.yaml's values (tests/unit/test_config.py holds them equal), so a
+key deleted from params.yaml, or `Config()` where no params file exists (the cipher CLI outside a
+checkout), gives the default pipeline's setting, never an older or the report's one.
 """
 
 from __future__ import annotations
@@ -77,22 +81,24 @@ class _TrainConfig(_Section):
 
 
 class CganConfig(_TrainConfig):
+    epochs: int = Field(14, ge=1, le=10_000)
+    lr: float = Field(8e-4, gt=0, le=1)
     noise_dim: int = Field(64, ge=1)
-    generator_width: int = Field(64, ge=1)
-    conditioning: Literal["multiply", "concat"] = "multiply"
+    generator_width: int = Field(24, ge=1)
+    conditioning: Literal["multiply", "concat"] = "concat"
     label_dim: int = Field(16, ge=1)  # label embedding length for conditioning: concat
-    discriminator: Literal["mlp", "conv"] = "mlp"  # mlp: the report's; conv: SN + projection + class head
+    discriminator: Literal["mlp", "conv"] = "conv"  # mlp: the report's; conv: SN + projection + class head
     discriminator_hidden: tuple[int, ...] = (2048, 2048, 1024, 512)  # mlp
     discriminator_embed_dim: int = Field(1024, ge=1)  # mlp
-    discriminator_width: int = Field(32, ge=1)  # conv: channels w, 2w, 4w, 8w
+    discriminator_width: int = Field(16, ge=1)  # conv: channels w, 2w, 4w, 8w
     class_temperature: float = Field(0.5, gt=0, le=10)  # conv: temperature of the normalised class head
-    loss: Literal["bce", "hinge"] = "bce"
-    aux_weight: float = Field(0.0, ge=0, le=100)  # conv: weight of the class head's cross-entropy (AC-GAN)
-    class_margin: float | None = Field(None, gt=0, lt=1)  # conv: cosine margin of that cross-entropy; null = plain
-    mode_seeking: float = Field(0.0, ge=0, le=100)  # weight of MSGAN's mode-seeking term on G; 0 = none
-    ema_decay: float | None = Field(None, ge=0, lt=1)  # EMA of G's weights, saved and sampled; null = none
-    truncation: float | None = Field(None, gt=0, le=10)  # sample noise from N(0, 1) cut at +-t; null = none
-    samples_per_class: int = Field(8, ge=1, le=64)
+    loss: Literal["bce", "hinge"] = "hinge"
+    aux_weight: float = Field(1.0, ge=0, le=100)  # conv: weight of the class head's cross-entropy (AC-GAN)
+    class_margin: float | None = Field(0.9, gt=0, lt=1)  # conv: cosine margin of that cross-entropy; null = plain
+    mode_seeking: float = Field(0.2, ge=0, le=100)  # weight of MSGAN's mode-seeking term on G; 0 = none
+    ema_decay: float | None = Field(0.995, ge=0, lt=1)  # EMA of G's weights, saved and sampled; null = none
+    truncation: float | None = Field(2.0, gt=0, le=10)  # sample noise from N(0, 1) cut at +-t; null = none
+    samples_per_class: int = Field(4, ge=1, le=64)
 
     @model_validator(mode="after")
     def _class_head_needs_conv(self) -> "CganConfig":
@@ -103,15 +109,22 @@ class CganConfig(_TrainConfig):
 
 
 class VaeConfig(_TrainConfig):
+    epochs: int = Field(20, ge=1, le=10_000)
+    lr: float = Field(1e-3, gt=0, le=1)
+    betas: tuple[float, float] = (0.9, 0.999)
     latent_dim: int = Field(8, ge=1)
     channels: tuple[int, int, int, int] = (32, 64, 128, 256)
     recon_weight: float = Field(1.0, gt=0)
     kl_weight: float = Field(0.7, ge=0)
-    decoder_output: Literal["report", "direct"] = "report"  # report: through 1 BN+ReLU channel; direct: ConvT -> sigmoid
-    class_weight: float = Field(0.0, ge=0, le=1000)  # cross-entropy of a class head on the latent mean; 0 = none
+    decoder_output: Literal["report", "direct"] = "direct"  # report: through 1 BN+ReLU channel; direct: ConvT -> sigmoid
+    class_weight: float = Field(20.0, ge=0, le=1000)  # cross-entropy of a class head on the latent mean; 0 = none
 
 
 class ClassifierConfig(_TrainConfig):
+    epochs: int = Field(30, ge=1, le=10_000)
+    batch_size: int = Field(256, ge=1, le=65_536)
+    lr: float = Field(3e-3, gt=0, le=1)
+    betas: tuple[float, float] = (0.9, 0.999)
     hidden: int = Field(512, ge=1)
     dropout: float = Field(0.2, ge=0, lt=1)
     generated_fraction: float = Field(0.5, ge=0, lt=1)  # share of training latents from cGAN images
@@ -120,7 +133,7 @@ class ClassifierConfig(_TrainConfig):
 class EvaluateConfig(_Section):
     generated_per_class: int = Field(50, ge=1, le=10_000)
     batch_size: int = Field(512, ge=1)
-    reference_epochs: int = Field(6, ge=1, le=1000)  # the independent judge CNN (class consistency, Frechet distance)
+    reference_epochs: int = Field(4, ge=1, le=1000)  # the independent judge CNN (class consistency, Frechet distance)
     # class consistency is also reported at these truncation bounds of the cGAN's noise (null = none)
     truncation_levels: tuple[Annotated[float, Field(gt=0, le=10)] | None, ...] = (None, 2.0, 1.0, 0.5)
     grid_per_class: int = Field(8, ge=1, le=64)  # cGAN images per class in the report's sample grid
@@ -128,7 +141,7 @@ class EvaluateConfig(_Section):
 
 
 class AttackConfig(_Section):
-    train_per_class: int = Field(60, ge=1, le=100_000)  # cGAN characters per class the attackers learn from
+    train_per_class: int = Field(50, ge=1, le=100_000)  # cGAN characters per class the attackers learn from
     test_per_class: int = Field(30, ge=1, le=100_000)  # held-out characters per class they are scored on
     message_length: int = Field(16, ge=1, le=4096)  # characters per simulated message (one key and nonce each)
     restarts: int = Field(3, ge=1, le=100)  # fresh initialisations of each learned attacker; the best counts
@@ -140,11 +153,11 @@ class AttackConfig(_Section):
 
 
 class PromoteConfig(_Section):
-    min_accuracy_real: float = Field(0.5, ge=0, le=1)
-    min_accuracy_generated: float = Field(0.5, ge=0, le=1)
-    min_psnr_db: float = Field(12.0, ge=0)
+    min_accuracy_real: float = Field(0.95, ge=0, le=1)
+    min_accuracy_generated: float = Field(0.97, ge=0, le=1)
+    min_psnr_db: float = Field(20.0, ge=0)
     max_attacker_advantage: float | None = Field(0.02, ge=0, le=1)  # for cipher.scheme; null = no gate
-    min_class_consistency: float | None = Field(None, ge=0, le=1)  # cGAN images the judge puts in their class; null = none
+    min_class_consistency: float | None = Field(0.95, ge=0, le=1)  # cGAN images the judge puts in their class; null = none
 
 
 class CipherConfig(_Section):
@@ -153,7 +166,7 @@ class CipherConfig(_Section):
     modular_range: float = Field(6.0, gt=0, le=1000)
     models: str = Field("champion", min_length=1)  # registry alias, or a folder holding models/
     # cGAN images drawn for every character; the sender sends the one its classifier reads back best
-    candidates: int = Field(4, ge=1, le=64, strict=True)
+    candidates: int = Field(6, ge=1, le=64, strict=True)
 
 
 class TrackingConfig(_Section):
@@ -170,9 +183,9 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     prepare: PrepareConfig = PrepareConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
-    cgan: CganConfig = CganConfig(epochs=200)
-    vae: VaeConfig = VaeConfig(epochs=100)
-    classifier: ClassifierConfig = ClassifierConfig(epochs=100, betas=(0.9, 0.999))
+    cgan: CganConfig = CganConfig()
+    vae: VaeConfig = VaeConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     attack: AttackConfig = AttackConfig()
     promote: PromoteConfig = PromoteConfig()

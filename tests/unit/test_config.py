@@ -6,6 +6,8 @@ import yaml
 from crypson.config import ConfigError, deep_merge, load_config, parse_config, section_params
 
 REPO = Path(__file__).resolve().parents[2]
+SECTIONS = ("data", "prepare", "validate", "cgan", "vae", "classifier", "evaluate", "attack", "promote", "cipher",
+            "tracking", "device")
 
 
 def test_shipped_params_and_presets_are_valid():
@@ -17,6 +19,27 @@ def test_shipped_params_and_presets_are_valid():
     report = load_config(REPO / "params.yaml", [REPO / "presets" / "report.yaml"])
     assert report.cgan.discriminator_hidden == (2048, 2048, 1024, 512)
     assert report.data.source == "emnist"
+
+
+def test_code_defaults_equal_params_yaml():
+    """params.yaml is the single source: deleting a key from it must not change the run."""
+    shipped = section_params(load_config(REPO / "params.yaml"), *SECTIONS)
+    defaults = section_params(parse_config({}), *SECTIONS)
+    differing = {key: (defaults.get(key), value) for key, value in shipped.items() if defaults.get(key) != value}
+    assert not differing, f"config.py default != params.yaml value (default, params.yaml): {differing}"
+    assert set(defaults) == set(shipped)
+    assert parse_config({}).seed == load_config(REPO / "params.yaml").seed
+    from crypson.cipher.codec import DEFAULT_CANDIDATES  # the library's default for callers without a Config
+
+    assert DEFAULT_CANDIDATES == load_config(REPO / "params.yaml").cipher.candidates
+
+
+def test_a_key_deleted_from_params_keeps_the_default_run(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    del raw["vae"]["lr"], raw["cgan"]["conditioning"], raw["cipher"]["candidates"]
+    trimmed = tmp_path / "params.yaml"
+    trimmed.write_text(yaml.safe_dump(raw))
+    assert load_config(trimmed) == load_config(REPO / "params.yaml")
 
 
 def test_unknown_key_names_key_and_allowed_keys():

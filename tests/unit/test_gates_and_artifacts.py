@@ -11,7 +11,7 @@ from crypson.stages.evaluation import check_gates
 
 def test_gates_report_value_threshold_and_margin():
     config = parse_config({"promote": {"min_accuracy_real": 0.8, "min_accuracy_generated": 0.5, "min_psnr_db": 20,
-                                       "max_attacker_advantage": 0.02}})
+                                       "max_attacker_advantage": 0.02, "min_class_consistency": None}})
     gates = check_gates(config, {"accuracy_real": 0.85, "accuracy_generated": 0.5, "psnr_db": 18.5,
                                  "default_scheme_max_advantage_ci_low": 0.05})
     by_metric = {gate["metric"]: gate for gate in gates}
@@ -24,9 +24,10 @@ def test_gates_report_value_threshold_and_margin():
 
 def test_unmeasured_advantage_fails_its_gate_and_null_disables_it():
     results = {"accuracy_real": 1.0, "accuracy_generated": 1.0, "psnr_db": 30.0, "default_scheme_max_advantage_ci_low": None}
-    gates = check_gates(parse_config({}), results)
+    gates = check_gates(parse_config({"promote": {"min_class_consistency": None}}), results)
     assert [g["metric"] for g in gates if not g["passed"]] == ["default_scheme_max_advantage_ci_low"]
-    gates = check_gates(parse_config({"promote": {"max_attacker_advantage": None}}), results)
+    gates = check_gates(parse_config({"promote": {"max_attacker_advantage": None, "min_class_consistency": None}}),
+                        results)
     assert all(g["passed"] for g in gates) and len(gates) == 3
 
 
