@@ -30,19 +30,35 @@ class RegisteredNetwork(PythonModel):
         self.module, self.classes = artifacts.load_model(context.artifacts["weights"], self.kind, "cpu")
 
     def predict(self, context: Any, model_input: Any, params: dict | None = None) -> Any:
-        import numpy as np
-        import torch
+        return network_predict(self.kind, self.module, model_input)
 
-        values = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-        with torch.no_grad():
-            if self.kind == "generator":
-                classes = values.reshape(-1).long()
-                noise = self.module.sample_noise(len(classes))
-                images = self.module.to_unit_range(self.module(noise, classes))
-                return images.reshape(len(classes), -1).numpy()
-            if self.kind == "vae":
-                return self.module.encode_mean(values.reshape(-1, 1, 32, 32)).numpy()
-            return self.module(values).numpy()
+
+def network_predict(kind: str, module: Any, model_input: Any) -> Any:
+    """What a registered network's pyfunc computes (the table in this module's docstring), as numpy."""
+    import numpy as np
+    import torch
+
+    values = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+    with torch.no_grad():
+        if kind == "generator":
+            classes = values.reshape(-1).long()
+            noise = module.sample_noise(len(classes))
+            images = module.to_unit_range(module(noise, classes))
+            return images.reshape(len(classes), -1).numpy()
+        if kind == "vae":
+            return module.encode_mean(values.reshape(-1, 1, 32, 32)).numpy()
+        return module(values).numpy()
+
+
+def input_example(kind: str, module: Any, rows: int = 2) -> Any:
+    """A small valid pyfunc input for `kind` (the version page's example and the signature's source)."""
+    import numpy as np
+
+    if kind == "generator":
+        return np.arange(rows, dtype=np.int64)
+    if kind == "vae":
+        return np.full((rows, 32 * 32), 0.5, dtype=np.float32)
+    return np.zeros((rows, module.decoder.project[0].in_features), dtype=np.float32)  # latents
 
 
 mlflow.models.set_model(RegisteredNetwork())

@@ -12,7 +12,10 @@ so the registry never holds a version without its model.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import socket
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from typing import Any
 import mlflow
 import torch
 from mlflow import MlflowClient
+from mlflow.entities import Metric, RunTag
 from torch import nn
 
 from crypson.io import file_sha256
@@ -31,6 +35,10 @@ log = logging.getLogger(__name__)
 CANDIDATE, CHAMPION = "candidate", "champion"
 MODEL_NAMES = {"cgan": "crypson-cgan", "vae": "crypson-vae", "classifier": "crypson-classifier"}
 EXECUTION_TAG = "crypson.execution"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+UI_VIEW = "workflowType=machine_learning"  # the MLflow 3 UI's runs-and-models view (its default is GenAI)
+LOCAL_UI = "http://127.0.0.1:5000"  # `mlflow ui`'s default address
+HOST_TAG, PID_TAG = "crypson.host", "crypson.pid"  # where a stage run's process runs: stale RUNNING runs are found by it
 # A stopped tracking server must fail a stage in seconds: MLflow's defaults (7 retries, backoff
 # factor 2, 120 s timeout) wait for minutes. Used unless the environment sets its own values.
 HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -81,7 +89,20 @@ def configure(tracking_uri: str, experiment: str, artifact_dir: Path | None = No
             if found is None:
                 raise
     check_artifact_store(found.artifact_location, os.environ)
+    if found.tags.get(EXPERIMENT_KIND_TAG) is None:
+        # MLflow 3 opens an experiment without a kind on its GenAI overview (traces, token usage).
+        MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
     return found.experiment_id
+
+
+def ui_link(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of an experiment (or one run) in its model-training view.
+
+    An embedded store (sqlite, a folder) has no server: the link is where `mlflow ui` serves it.
+    """
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+    page = f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{page}?{UI_VIEW}"
 
 
 def bound_http_retries() -> None:
@@ -121,10 +142,12 @@ def check_artifact_store(artifact_location: str | None, environ: Mapping[str, st
 
 
 def execution_run(experiment_id: str, key: str, name: str, tags: dict[str, str]) -> str:
-    """The parent run that groups one pipeline execution's stage runs; created on first use.
+    """The parent run of one pipeline execution: RUNNING while its stages run, created on first use.
 
-    `key` identifies the execution (a KFP run id, or the code+params state for `dvc repro`),
-    so stages run as separate processes still land under one parent in the MLflow UI.
+    `key` identifies the execution (a KFP run id, or the code+params state for `dvc repro`), so stages
+    run as separate processes land under one parent in the MLflow UI. A parent that ended (FINISHED,
+    FAILED, KILLED) is running again when a stage of the same execution starts (a re-run after a
+    failure, or `dvc repro` of the same state); `end_execution` ends it.
     """
     client = MlflowClient()
     found = client.search_runs(
@@ -132,21 +155,68 @@ def execution_run(experiment_id: str, key: str, name: str, tags: dict[str, str])
         order_by=["attributes.start_time DESC"],
     )
     if found:
-        return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=name, tags={**tags, EXECUTION_TAG: key})
-    client.set_terminated(run.info.run_id)  # a grouping node only: it has no work of its own
-    return run.info.run_id
+        run = found[0]
+        if run.info.status != "RUNNING" or run.info.run_name != name:
+            client.update_run(run.info.run_id, status="RUNNING", name=name)
+        return run.info.run_id
+    return client.create_run(experiment_id, run_name=name, tags={**tags, EXECUTION_TAG: key}).info.run_id
+
+
+def end_execution(parent_run_id: str, status: str, metrics: Mapping[str, float] | None = None,
+                  tags: Mapping[str, str] | None = None) -> None:
+    """End the execution's parent run (FINISHED after promote, FAILED when a stage failed), with the
+    headline figures copied onto it so that the runs table shows them without a click."""
+    client = MlflowClient()
+    finite = {k: float(v) for k, v in (metrics or {}).items() if v is not None and math.isfinite(float(v))}
+    if finite or tags:
+        client.log_batch(parent_run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in finite.items()],
+                         tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+    client.set_terminated(parent_run_id, status)
+
+
+def close_stale_stage_runs(context: TrackingContext, stage: str) -> list[str]:
+    """Mark KILLED this execution's earlier runs of `stage` that still say RUNNING although the process
+    that ran them, on this host, is gone (a killed `dvc repro`). Runs of other hosts are left alone:
+    nothing here can tell whether they still run. Returns the run ids marked."""
+    client = MlflowClient()
+    stale = client.search_runs(
+        [context.experiment_id],
+        filter_string=(f"tags.`mlflow.parentRunId` = '{context.parent_run_id}' and tags.`crypson.stage` = '{stage}' "
+                       "and attributes.status = 'RUNNING'"))
+    marked = []
+    for run in stale:
+        host, pid = run.data.tags.get(HOST_TAG), run.data.tags.get(PID_TAG, "")
+        if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid)):
+            client.set_terminated(run.info.run_id, "KILLED")
+            marked.append(run.info.run_id)
+    if marked:
+        log.warning("stage %s: marked %d earlier run(s) KILLED whose process is gone: %s", stage, len(marked),
+                    ", ".join(marked))
+    return marked
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()  # this process is starting the stage again: its old run is not running
 
 
 @contextmanager
 def stage_run(context: TrackingContext, stage: str, resume_run_id: str | None = None) -> Iterator[str]:
     """Start (or resume, after an interruption) the MLflow run of one stage; yields its run id."""
+    process = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
     if resume_run_id is not None:
         run = mlflow.start_run(run_id=resume_run_id)
+        mlflow.set_tags(process)
     else:
+        close_stale_stage_runs(context, stage)
         run = mlflow.start_run(
             experiment_id=context.experiment_id, run_name=stage, parent_run_id=context.parent_run_id,
-            tags={**context.tags, "crypson.stage": stage},
+            tags={**context.tags, "crypson.stage": stage, **process},
         )
     try:
         with run:
@@ -176,6 +246,19 @@ def log_params(params: dict[str, Any]) -> None:
         mlflow.log_params(fresh)
 
 
+def log_scored_models(metrics: Mapping[str, float], model_ids: list[str]) -> None:
+    """On the active run: log `metrics` against each logged model it scored (MLflow 3 LoggedModel metrics;
+    MLflow also records the models as the run's inputs), so the registry can rank versions by them.
+    Model ids that are empty (registrations from before model ids were recorded) are skipped."""
+    ids = [model_id for model_id in model_ids if model_id]
+    if not ids:
+        return
+    finite = {key: float(value) for key, value in metrics.items()
+              if value is not None and math.isfinite(float(value))}
+    for model_id in ids:
+        mlflow.log_metrics(finite, model_id=model_id)
+
+
 def log_epoch_metrics(epoch: int, metrics: dict[str, float]) -> None:
     mlflow.log_metrics(metrics, step=epoch)
 
@@ -196,6 +279,7 @@ class LoggedNetwork:
     model_uri: str
     sha256: str
     file: str
+    model_id: str = ""  # MLflow 3's LoggedModel id: evaluation metrics are logged against it
 
     @property
     def tags(self) -> dict[str, str]:
@@ -204,7 +288,7 @@ class LoggedNetwork:
 
 def log_network(
     model: nn.Module, weights: Path, kind: str, name: str, probe: tuple[torch.Tensor, ...],
-    compare: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor],
+    compare: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor], step: int = 0,
 ) -> LoggedNetwork:
     """Log a network as its weights file + the code that rebuilds it; load it back and check it.
 
@@ -218,21 +302,30 @@ def log_network(
         kind: generator | vae | classifier (what `artifacts.load_model` rebuilds).
         name: artifact name within the run.
         probe: example inputs; compare: function(model, probe) -> a tensor compared between the two.
+        step: the training step (epoch) the weights come from: the logged model shows that step's metrics.
     Returns:
         The model URI for registration, with the SHA-256 its version records (`LoggedNetwork.tags`).
     """
+    from mlflow.models import infer_signature
+
+    from crypson.registry_network import input_example, network_predict
+
     model = model.cpu().eval()
     sha256, file = file_sha256(weights), Path(weights).name
+    example = input_example(kind, model)
+    signature = infer_signature(example, network_predict(kind, model, example))  # the version page's schema
     try:
+        # step: the epoch whose weights these are, so MLflow links the model to that epoch's metrics.
         info = mlflow.pyfunc.log_model(name=name, python_model=str(NETWORK_CODE), artifacts={"weights": str(weights)},
-                                       model_config={"kind": kind}, pip_requirements=pip_requirements())
+                                       model_config={"kind": kind}, pip_requirements=pip_requirements(),
+                                       signature=signature, input_example=example, step=step)
     except Exception as error:
         if not _is_connection_error(error):
             raise
         raise TrackingUnavailableError(
             f"uploading model {name!r} to the artifact store {mlflow.get_artifact_uri()} failed ({error}); "
             "nothing was registered: start the store (`crypson stack up`) and re-run the stage") from error
-    logged = LoggedNetwork(info.model_uri, sha256, file)
+    logged = LoggedNetwork(info.model_uri, sha256, file, info.model_id)
     location = mlflow.get_logged_model(info.model_id).artifact_location  # where the upload went
     loaded, _ = _load_verified(location, kind, logged.file, logged.sha256, f"logged model {name!r}", "cpu")
     with torch.no_grad():
@@ -379,6 +472,14 @@ def alias_versions(names: list[str], alias: str = CHAMPION) -> dict[str, str | N
 def champion_versions(names: list[str]) -> dict[str, str | None]:
     """Current `champion` version of each registered model (None where unset)."""
     return alias_versions(names, CHAMPION)
+
+
+def tag_versions(versions: dict[str, str], tags: dict[str, str]) -> None:
+    """Set `tags` on each registered version (e.g. the promotion gates' verdict)."""
+    client = MlflowClient()
+    for name, version in versions.items():
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
 
 
 def set_champion(versions: dict[str, str]) -> None:

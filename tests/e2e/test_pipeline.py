@@ -47,6 +47,32 @@ def test_pipeline_registers_three_candidates_and_promotes(pipeline):
     assert models["crypson-classifier"]["tags"]["1"]["vae_version"] == "1"
     decision = json.loads((repo / "reports" / "promotion.json").read_text())
     assert decision["promoted"] is True
+    assert {model["tags"]["1"]["gates"] for model in models.values()} == {"passed"}
+
+
+def test_the_execution_run_ends_with_promote_and_carries_the_headline(pipeline):
+    """The runs table answers "which execution shipped, with what figures" from the parent row alone."""
+    repo, _ = pipeline
+    script = (
+        "import json, mlflow; c = mlflow.MlflowClient('sqlite:///mlflow.db');"
+        "runs = c.search_runs([e.experiment_id for e in c.search_experiments()]);"
+        "print(json.dumps([{'name': r.info.run_name, 'status': r.info.status, 'start': r.info.start_time,"
+        " 'end': r.info.end_time, 'metrics': r.data.metrics, 'tags': r.data.tags} for r in runs]))"
+    )
+    runs = json.loads(run([sys.executable, "-c", script], repo).stdout.strip().splitlines()[-1])
+    parents = [r for r in runs if "crypson.execution" in r["tags"]]
+    assert len(parents) == 1
+    parent, stages = parents[0], [r for r in runs if "crypson.stage" in r["tags"]]
+    assert parent["status"] == "FINISHED" and parent["tags"]["promoted"] == "true"
+    assert parent["name"].split()[1] == "glyphs/balanced" and parent["name"].split()[2] == "params"
+    assert parent["tags"]["mlflow.source.git.commit"] == parent["tags"]["git_commit"].removesuffix("-dirty")
+    evaluation = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    assert parent["metrics"]["accuracy_real"] == evaluation["accuracy_real"] and parent["metrics"]["promoted"] == 1
+    assert {"psnr_db", "class_consistency", "accuracy_generated", "sender_candidates"} <= set(parent["metrics"])
+    # its duration spans the stages: it ends when promote ends
+    promote = next(r for r in stages if r["name"] == "promote")
+    assert parent["start"] <= min(r["start"] for r in stages) and parent["end"] >= promote["end"]
+    assert all(r["status"] == "FINISHED" for r in stages)
 
 
 def test_dvc_metrics_and_versioned_data(pipeline):

@@ -64,6 +64,28 @@ def test_stage_runs_of_one_params_state_share_a_parent_and_carry_provenance(prep
     manifest = json.loads((prepared / "data" / "prepared" / "manifest.json").read_text())
     assert first.tags["git_commit"] == "0123abc" and first.tags["data_version"] == manifest["data_version"]
     assert first.tags["data_source"] == "glyphs"
+    parent = MlflowClient().get_run(first.parent_run_id)
+    digest = runner.hashlib.sha256(params).hexdigest()[:8]
+    assert parent.info.run_name == f"0123abc glyphs/balanced params {digest}"
+    assert parent.data.tags["mlflow.source.git.commit"] == "0123abc"  # the UI's Version column
+    assert parent.data.tags["mlflow.source.type"] == "LOCAL"
+
+
+def test_a_failing_stage_ends_its_execution_failed_and_a_rerun_reopens_it(prepared):
+    config, params = tiny(prepared)
+    with pytest.raises(FileNotFoundError):
+        runner.run_stage("evaluate", config, prepared, params)  # no models trained
+    parent_id = runner.tracking_context(config, params, prepared).parent_run_id  # reopened: RUNNING again
+    client = MlflowClient()
+    assert client.get_run(parent_id).info.status == "RUNNING"
+    with pytest.raises(FileNotFoundError):
+        runner.run_stage("train_classifier", config, prepared, params)
+    assert client.get_run(parent_id).info.status == "FAILED"
+
+
+def test_the_execution_name_says_code_data_settings_and_kfp_run():
+    name = runner.execution_name("0123456789abcdef-dirty", "emnist", "letters", b"x", "run-42abcdefgh")
+    assert name == f"01234567-dirty emnist/letters params {runner.hashlib.sha256(b'x').hexdigest()[:8]} kfp run-42ab"
 
 
 def test_an_interrupted_training_stage_resumes_in_its_own_mlflow_run(prepared, monkeypatch):

@@ -39,6 +39,49 @@ def test_stage_runs_of_one_execution_share_a_parent(store):
     assert MlflowClient().get_run(run_id).data.params == {"vae.lr": "0.1", "vae.epochs": "3"}
 
 
+def test_the_execution_run_is_running_until_ended_and_reopens_on_a_rerun(store):
+    client = MlflowClient()
+    context = _context(store)
+    assert client.get_run(context.parent_run_id).info.status == "RUNNING"
+    tracking.end_execution(context.parent_run_id, "FAILED")
+    failed = client.get_run(context.parent_run_id).info
+    assert failed.status == "FAILED" and failed.end_time is not None
+    again = _context(store)  # a stage of the same execution starts again
+    assert again.parent_run_id == context.parent_run_id
+    assert client.get_run(context.parent_run_id).info.status == "RUNNING"
+    tracking.end_execution(context.parent_run_id, "FINISHED", {"accuracy_real": 0.97, "unmeasured": float("nan"),
+                                                               "missing": None}, {"promoted": "true"})
+    parent = client.get_run(context.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics == {"accuracy_real": 0.97} and parent.data.tags["promoted"] == "true"
+
+
+def test_a_killed_stage_run_is_marked_killed_when_the_stage_runs_again(store, monkeypatch):
+    context = _context(store)
+    client = MlflowClient()
+    with tracking.stage_run(context, "evaluate") as finished_id:
+        pass
+    # What a SIGKILLed stage leaves: a RUNNING run whose process (on this host) is gone.
+    dead = client.create_run(store, run_name="evaluate", tags={
+        "mlflow.parentRunId": context.parent_run_id, "crypson.stage": "evaluate",
+        tracking.HOST_TAG: tracking.socket.gethostname(), tracking.PID_TAG: "999999999"}).info.run_id
+    elsewhere = client.create_run(store, run_name="evaluate", tags={
+        "mlflow.parentRunId": context.parent_run_id, "crypson.stage": "evaluate",
+        tracking.HOST_TAG: "another-host", tracking.PID_TAG: "1"}).info.run_id
+    with tracking.stage_run(context, "evaluate") as new_id:
+        assert client.get_run(dead).info.status == "KILLED"
+    assert client.get_run(elsewhere).info.status == "RUNNING"  # nothing here can tell whether it still runs
+    assert client.get_run(finished_id).info.status == "FINISHED" and client.get_run(new_id).info.status == "FINISHED"
+
+
+def test_links_open_the_model_training_view(store):
+    assert tracking.ui_link("http://mlflow:5000/", "3", "abc") == \
+        "http://mlflow:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert tracking.ui_link("sqlite:///mlflow.db", "1") == "http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning"
+    # and the experiment itself is a model-training one, so the UI does not open on its GenAI overview
+    assert mlflow.get_experiment(store).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
 def _logged_vae(tmp_path) -> tuple[VAE, tracking.LoggedNetwork]:
     """A tiny VAE saved as a weights file and logged (inside an active run)."""
     vae = VAE(latent_dim=2, channels=(2, 2, 4, 4)).eval()
@@ -69,6 +112,37 @@ def test_logged_model_loads_back_and_registers_with_candidate(store, tmp_path):
     # Models from code: MLflow's code loader, no pickled python_model.pkl.
     assert not list(stored.rglob("*.pkl"))
     assert "loader_module: mlflow.pyfunc.loaders.code_model" in (stored / "MLmodel").read_text()
+
+
+def test_versions_carry_schema_and_rank_by_what_evaluation_measured(store, tmp_path):
+    """Two candidate VAEs, each scored by an evaluation run: the registry ranks them by accuracy and by
+    attacker advantage (MLflow 3 LoggedModel metrics), and each version page has its schema."""
+    scored = {}
+    for index, (accuracy, advantage) in enumerate(((0.91, 0.004), (0.97, 0.012))):
+        folder = tmp_path / f"m{index}"
+        folder.mkdir()
+        with tracking.stage_run(_context(store, f"exec-{index}"), "train_vae"):
+            _, logged = _logged_vae(folder)
+        with tracking.stage_run(_context(store, f"exec-{index}"), "evaluate"):
+            tracking.log_scored_models({"accuracy_real": accuracy, "default_scheme_max_advantage": advantage,
+                                        "unmeasured": float("nan")}, [logged.model_id, ""])
+            evaluate_run = mlflow.active_run().info.run_id
+        scored[logged.model_id] = evaluate_run
+    by_accuracy = mlflow.search_logged_models(experiment_ids=[store], output_format="list",
+                                              order_by=[{"field_name": "metrics.accuracy_real", "ascending": False}])
+    by_advantage = mlflow.search_logged_models(experiment_ids=[store], output_format="list",
+                                               order_by=[{"field_name": "metrics.default_scheme_max_advantage"}])
+    first, second = list(scored)
+    assert [m.model_id for m in by_accuracy] == [second, first]
+    assert [m.model_id for m in by_advantage] == [first, second]
+    assert {m.key: m.value for m in by_accuracy[0].metrics} == {"accuracy_real": 0.97,
+                                                                 "default_scheme_max_advantage": 0.012}
+    # the evaluate run records which model it scored
+    inputs = MlflowClient().get_run(scored[second]).inputs
+    assert [m.model_id for m in inputs.model_inputs] == [second]
+    info = mlflow.models.get_model_info(f"models:/{second}")
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 1024)
+    assert info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 2)
 
 
 class _Planted:

@@ -37,6 +37,10 @@ from crypson.stages.common import write_csv
 from crypson.stages.layout import Layout
 from crypson.stages.image_quality import FIGURES, figures_dir
 
+# Logged against each scored model (MLflow LoggedModel metrics), beside the evaluation's figures.
+SCORED_MODEL_METRICS = ("default_scheme_max_advantage", "default_scheme_max_advantage_ci_low", "default_scheme_cer",
+                        "sender_misread_chance")
+
 
 def _cipher_latents(models: codec.CipherModels, per_class: int, seed: int, candidates: int,
                     scheme: MaskScheme) -> tuple[torch.Tensor, torch.Tensor, codec.Checked]:
@@ -190,6 +194,8 @@ def _write_outputs(config, layout, summary, results, images, nonce, levels, nois
     metrics.update({key: summary[key] for key in ("sender_no_correct_fraction", "sender_misread_chance")})
     metrics["sender_single_image_read_back_min"] = min(summary["sender_single_image_read_back"].values())
     mlflow.log_metrics({key: value for key, value in metrics.items() if not math.isnan(value)})
+    tracking.log_scored_models({key: summary[key] for key in SCORED_MODEL_METRICS},
+                               [r.get("model_id", "") for r in layout.registrations().values()])
     for name, values in noise.items():
         for step, value in enumerate(values):  # one step per noise level (the levels are a param)
             mlflow.log_metric(f"channel_noise_accuracy.{name}", value, step=step)

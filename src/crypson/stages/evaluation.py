@@ -27,6 +27,10 @@ from crypson.stages.layout import Layout
 from crypson.train.vae import to_unit_range
 
 log = logging.getLogger(__name__)
+# Copied onto the execution's parent run when promote ends it: the runs table answers "which execution
+# shipped, with what figures" without a click.
+HEADLINE_METRICS = ("accuracy_real", "accuracy_generated", "psnr_db", "class_consistency", "reference_accuracy_real", "frechet_distance",
+                    "default_scheme_max_advantage", "default_scheme_max_advantage_ci_low", "sender_candidates")
 
 
 def _confusion_figure(confusion: torch.Tensor, classes: tuple[str, ...], title: str):
@@ -109,6 +113,7 @@ def evaluate(config: Config, layout: Layout, context: tracking.TrackingContext) 
                              "cgan.truncation": generator.truncation,
                              "seed": config.seed, "data.version": data.manifest["data_version"]})
         mlflow.log_metrics(results)
+        tracking.log_scored_models(results, [r.get("model_id", "") for r in layout.registrations().values()])
         image_quality.log_figures(figure_paths)
         mlflow.log_dict(per_class, "per_class_accuracy.json")
         mlflow.log_table({"class": list(consistency), "class_consistency": list(consistency.values())},
@@ -155,10 +160,7 @@ def promote(config: Config, layout: Layout, context: tracking.TrackingContext) -
     """
     results = json.loads(layout.metrics("evaluate").read_text())
     results.update(json.loads(layout.metrics("attacks").read_text()))
-    versions = {}
-    for kind in ("cgan", "vae", "classifier"):
-        registration = json.loads((layout.model_dir(kind) / "registration.json").read_text())
-        versions[registration["name"]] = registration["version"]
+    versions = {r["name"]: r["version"] for r in layout.registrations().values()}
     gates = check_gates(config, results)
     passed = all(gate["passed"] for gate in gates)
     before = tracking.champion_versions(list(versions))
@@ -166,8 +168,13 @@ def promote(config: Config, layout: Layout, context: tracking.TrackingContext) -
         mlflow.log_dict({"gates": gates}, "gates.json")
         mlflow.log_metrics({f"gate_margin.{g['metric']}": g["margin"] for g in gates if not math.isnan(g["margin"])})
         mlflow.set_tags({"promoted": str(passed).lower(), **{f"version.{n}": v for n, v in versions.items()}})
+        tracking.tag_versions(versions, {"gates": "passed" if passed else "failed"})
         if passed:
             tracking.set_champion(versions)
+    headline = {key: results.get(key) for key in HEADLINE_METRICS} | {"promoted": float(passed)}
+    tracking.end_execution(context.parent_run_id, "FINISHED", headline,
+                           {"promoted": str(passed).lower(), **{f"version.{n}": v for n, v in versions.items()}})
+    log.info("MLflow: %s", tracking.ui_link(mlflow.get_tracking_uri(), context.experiment_id, context.parent_run_id))
     failed = [g for g in gates if not g["passed"]]
     for gate in failed:
         log.warning("gate failed: %s = %.4g is %s %.4g by %.4g; champion stays at %s", gate["metric"],

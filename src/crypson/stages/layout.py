@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+MODEL_KINDS = ("cgan", "vae", "classifier")  # the three trained models, in the order they are trained
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,14 @@ class Layout:
 
     def model_dir(self, name: str) -> Path:
         return self.root / "models" / name
+
+    def registration(self, kind: str) -> Path:
+        """The registry record a training stage writes beside its model (name, version, run, model id)."""
+        return self.model_dir(kind) / "registration.json"
+
+    def registrations(self) -> dict[str, dict[str, Any]]:
+        """kind -> registration record of the three trained models."""
+        return {kind: json.loads(self.registration(kind).read_text()) for kind in MODEL_KINDS}
 
     def checkpoint(self, name: str) -> Path:
         return self.root / "checkpoints" / f"{name}.pt"

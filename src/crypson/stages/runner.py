@@ -7,8 +7,11 @@ into what its world expects (an exit code and a line on stderr, a failed KFP tas
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +23,7 @@ from crypson.telemetry import disable_telemetry
 if TYPE_CHECKING:
     from crypson.tracking import TrackingContext
 
+log = logging.getLogger(__name__)
 STAGES = tuple(STAGE_MODULES)
 DATA_STAGES = ("ingest", "prepare", "validate")  # no MLflow run: they log nothing and register nothing
 
@@ -41,6 +45,22 @@ def configure_logging() -> None:
     disable_telemetry()
 
 
+def execution_name(commit: str, data_source: str, split: str, params: bytes, kfp_run_id: str = "") -> str:
+    """What the runs table shows for an execution: the code, the data, the settings (and the KFP run)."""
+    code = commit[:8] + ("-dirty" if commit.endswith("-dirty") else "")
+    name = f"{code} {data_source}/{split} params {hashlib.sha256(params).hexdigest()[:8]}"
+    return f"{name} kfp {kfp_run_id[:8]}" if kfp_run_id else name
+
+
+def source_tags(commit: str, kfp_run_id: str = "") -> dict[str, str]:
+    """MLflow's own source tags, which fill the UI's Source and Version columns."""
+    tags = {"mlflow.source.type": "JOB" if kfp_run_id else "LOCAL",
+            "mlflow.source.name": "kubeflow: crypson" if kfp_run_id else "dvc repro (crypson stage)"}
+    if commit and commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+    return tags
+
+
 def tracking_context(config: Config, params: bytes, root: Path) -> TrackingContext:
     """The MLflow experiment, the execution's parent run and the provenance tags every stage run carries."""
     from crypson import tracking
@@ -49,12 +69,14 @@ def tracking_context(config: Config, params: bytes, root: Path) -> TrackingConte
     uri = os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.tracking_uri
     experiment_id = tracking.configure(uri, config.tracking.experiment, root / config.tracking.artifact_dir)
     manifest = load_prepared(root / "data" / "prepared").manifest
-    tags = {"git_commit": provenance.git_commit(), "data_version": manifest["data_version"],
-            "dvc_data_md5": provenance.dvc_data_md5(root), "data_source": manifest["source"]}
-    if os.environ.get("KFP_RUN_ID"):
-        tags["kfp_run_id"] = os.environ["KFP_RUN_ID"]
-    key = provenance.execution_key(params)
-    parent = tracking.execution_run(experiment_id, key, f"pipeline {key[:8]}", tags)
+    commit, kfp_run_id = provenance.git_commit(), os.environ.get("KFP_RUN_ID", "")
+    tags = {"git_commit": commit, "data_version": manifest["data_version"],
+            "dvc_data_md5": provenance.dvc_data_md5(root), "data_source": manifest["source"],
+            **source_tags(commit, kfp_run_id)}
+    if kfp_run_id:
+        tags["kfp_run_id"] = kfp_run_id
+    name = execution_name(commit, manifest["source"], config.data.split, params, kfp_run_id)
+    parent = tracking.execution_run(experiment_id, provenance.execution_key(params), name, tags)
     return tracking.TrackingContext(experiment_id, parent, tags)
 
 
@@ -80,6 +102,26 @@ def run_stage(stage: str, config: Config, root: Path, params: bytes, *, progress
 
         # Under torchrun only rank 0 tracks: other ranks would race it to create the store and runs.
         context = tracking_context(config, params, root) if distributed.is_main_process() else None
-        function(config, layout, context, progress=progress)
+        with _failing_execution(context):
+            function(config, layout, context, progress=progress)
     else:
-        function(config, layout, tracking_context(config, params, root))
+        context = tracking_context(config, params, root)
+        with _failing_execution(context):
+            function(config, layout, context)
+
+
+@contextmanager
+def _failing_execution(context: TrackingContext | None) -> Iterator[None]:
+    """A stage that fails ends its execution's parent run FAILED (the next stage run reopens it)."""
+    try:
+        yield
+    except BaseException as stopped:
+        if context is not None:
+            from crypson import tracking
+
+            try:
+                tracking.end_execution(context.parent_run_id,
+                                       "KILLED" if isinstance(stopped, KeyboardInterrupt) else "FAILED")
+            except Exception as error:  # the stage's own error is the one to report
+                log.warning("could not mark the execution's MLflow run FAILED: %s", error)
+        raise

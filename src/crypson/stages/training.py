@@ -124,7 +124,8 @@ def _register(context: tracking.TrackingContext, kind: str, logged: tracking.Log
     model_uri = logged.model_uri
     version = tracking.register_version(model_uri, name, tags, description)
     mlflow.set_tag(f"registered.{name}", version)
-    return {"name": name, "version": version, "run_id": tags["run_id"], "model_uri": model_uri}
+    return {"name": name, "version": version, "run_id": tags["run_id"], "model_uri": model_uri,
+            "model_id": logged.model_id}
 
 
 @_in_process_group
@@ -167,7 +168,7 @@ def train_cgan(config: Config, layout: Layout, context: tracking.TrackingContext
         log_loss_curves(result.history, ["loss_discriminator", "loss_generator"], "loss_curves.png")
         probe = (torch.randn(4, section.noise_dim), torch.arange(4) % len(classes))
         logged = tracking.log_network(generator, out / "generator.pt", "generator", "generator", probe,
-                                      lambda m, p: m(*p))
+                                      lambda m, p: m(*p), step=result.best_epoch)
         registration = _register(context, "cgan", logged, data,
                                  "Conditional GAN: (noise, class index) -> 32x32 character image in [-1, 1].",
                                  {"truncation": str(section.truncation), "ema_decay": str(section.ema_decay)})
@@ -209,7 +210,7 @@ def train_vae(config: Config, layout: Layout, context: tracking.TrackingContext 
         log_loss_curves(result.history, ["loss", "val_loss"], "loss_curves.png")
         probe = (vae_train.to_unit_range(sample[:4]),)
         logged = tracking.log_network(vae, layout.model_dir("vae") / "vae.pt", "vae", "vae", probe,
-                                      lambda m, p: m.decoder(m.encode_mean(p[0])).flatten())
+                                      lambda m, p: m.decoder(m.encode_mean(p[0])).flatten(), step=result.best_epoch)
         registration = _register(context, "vae", logged, data,
                                  f"VAE: 32x32 image in [0, 1] <-> {section.latent_dim}-d latent (encode_mean, decoder).")
     _finish(layout, "train_vae", result, registration)
@@ -312,7 +313,7 @@ def train_classifier(config: Config, layout: Layout, context: tracking.TrackingC
         log_loss_curves(result.history, [k for k in result.history[0] if k.startswith("val_accuracy")],
                         "accuracy_curves.png")
         logged = tracking.log_network(classifier, layout.model_dir("classifier") / "classifier.pt", "classifier",
-                                      "classifier", (val_mu[:4].cpu(),), lambda m, p: m(*p))
+                                      "classifier", (val_mu[:4].cpu(),), lambda m, p: m(*p), step=result.best_epoch)
         registration = _register(
             context, "classifier", logged, data,
             "Latent classifier: latent -> class logits through the frozen VAE decoder.", versions)
