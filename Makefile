@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup system-deps repro test test-unit test-image bench clean-outputs
+.PHONY: setup system-deps repro exps test test-unit test-image bench clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,11 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 repro: setup
 	dvc repro
+
+# The experiments table with the headline figures only (dvc exp show has a column for every param and metric).
+HEADLINE := ^accuracy_real$$|^accuracy_generated$$|^psnr_db$$|^class_consistency$$|^default_scheme_max_advantage_ci_low$$|^promoted$$
+exps: setup
+	dvc exp show --no-pager --drop '.*' --keep 'Experiment|Created|$(HEADLINE)' $(EXPS_ARGS)
 
 # The integration tests run real services: install Debian's packages when one is missing (root, or sudo).
 system-deps:

@@ -34,12 +34,19 @@ def git_commit(cwd: Path | None = None) -> str:
 def execution_key(params: bytes) -> str:
     """What groups stage runs into one pipeline execution in MLflow.
 
-    CRYPSON_EXECUTION_ID (set by the Kubeflow components to the KFP run id) wins. Under
-    `dvc repro` each stage is its own process, so the key is the state that the execution
-    runs: the commit, the uncommitted changes to tracked files and the params (the file's bytes).
+    CRYPSON_EXECUTION_ID (set by the Kubeflow components to the KFP run id) wins, then the DVC
+    experiment's name (DVC sets DVC_EXP_NAME for `dvc exp run`). Under `dvc repro` each stage is its
+    own process, so the key is the state that the execution runs: the commit, the uncommitted changes
+    to tracked files and the params (the file's bytes).
     """
     if os.environ.get("CRYPSON_EXECUTION_ID"):
         return os.environ["CRYPSON_EXECUTION_ID"]
+    if os.environ.get("DVC_EXP_NAME"):
+        # `dvc exp run` (--temp, --queue): one experiment is one execution. Its temporary copy tracks the
+        # workspace's untracked files too, so the working tree's diff changes with every stage.
+        digest = hashlib.sha256(f"{os.environ.get('DVC_EXP_BASELINE_REV', '')} {os.environ['DVC_EXP_NAME']}".encode())
+        digest.update(params)
+        return digest.hexdigest()[:16]
     digest = hashlib.sha256(git_commit().encode())
     digest.update(git("diff", "HEAD", "--", ".", ":(exclude)dvc.lock").encode())
     digest.update(params)

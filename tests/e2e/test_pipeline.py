@@ -127,6 +127,35 @@ def test_second_repro_does_nothing(pipeline):
     assert "Data and pipelines are up to date" in again.stdout
 
 
+def test_queued_dvc_experiments_keep_their_runs_and_versions(pipeline_copy):
+    """`dvc exp run --queue` runs each experiment in a temporary copy: its runs and registry versions must
+    land in the project's store (DVC_ROOT), one execution (parent run) per experiment."""
+    repo, _ = pipeline_copy
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    run(["git", "add", "-A"], repo)
+    run([*git, "commit", "-qm", "first run"], repo)
+    for epochs in (3, 4):
+        run(["dvc", "exp", "run", "--queue", "-S", f"classifier.epochs={epochs}"], repo)
+    run(["dvc", "exp", "run", "--run-all"], repo)
+    assert registry(repo)["crypson-classifier"]["versions"] == ["1", "2", "3"]
+    assert registry(repo)["crypson-vae"]["versions"] == ["1"]  # only what the change touches re-ran
+    script = (
+        "import json, mlflow; c = mlflow.MlflowClient('sqlite:///mlflow.db');"
+        "ids = [e.experiment_id for e in c.search_experiments()];"
+        "parents = c.search_runs(ids, filter_string=\"tags.`dvc_experiment` != ''\");"
+        "print(json.dumps({p.data.tags['dvc_experiment']: [p.info.status, sorted(r.info.run_name for r in"
+        " c.search_runs(ids, filter_string=f\"tags.`mlflow.parentRunId` = '{p.info.run_id}'\"))] for p in parents}))"
+    )
+    executions = json.loads(run([sys.executable, "-c", script], repo).stdout.strip().splitlines()[-1])
+    assert len(executions) == 2
+    for status, stages in executions.values():
+        assert status == "FINISHED" and stages == ["attack", "evaluate", "promote", "train_classifier"]
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    experiments = [exp for row in shown for exp in (row.get("experiments") or [])]
+    figures = [e["revs"][0]["data"]["metrics"]["metrics/evaluate.json"]["data"] for e in experiments]
+    assert len(experiments) == 2 and all(0 <= f["accuracy_real"] <= 1 for f in figures)
+
+
 def test_param_change_reruns_only_dependents_and_failed_gate_keeps_champion(pipeline, pipeline_copy):
     repo, _ = pipeline_copy
     original, _ = pipeline

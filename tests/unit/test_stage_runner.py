@@ -83,6 +83,34 @@ def test_a_failing_stage_ends_its_execution_failed_and_a_rerun_reopens_it(prepar
     assert client.get_run(parent_id).info.status == "FAILED"
 
 
+def test_an_embedded_store_lives_in_the_dvc_project_also_for_temporary_experiments(tmp_path):
+    config, _ = tiny(tmp_path)
+    relative = parse_config({"tracking": {"tracking_uri": "sqlite:///mlflow.db", "artifact_dir": "mlartifacts"}})
+    project, copy = tmp_path / "project", tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpabc"
+    # `dvc exp run --temp/--queue`: the stage runs in a copy, DVC_ROOT names the project
+    assert runner.tracking_store(relative, copy, {"DVC_ROOT": str(project)}) == (
+        f"sqlite:///{project.resolve()}/mlflow.db", project.resolve() / "mlartifacts")
+    assert runner.tracking_store(relative, copy, {}) == (f"sqlite:///{copy.resolve()}/mlflow.db",
+                                                         copy.resolve() / "mlartifacts")
+    assert runner.tracking_store(config, copy, {"DVC_ROOT": str(project)})[0] == config.tracking.tracking_uri
+    server = {"DVC_ROOT": str(project), "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
+    assert runner.tracking_store(relative, copy, server)[0] == "http://127.0.0.1:5000"
+
+
+def test_one_dvc_experiment_is_one_execution_whatever_its_copy_changes(monkeypatch, tmp_path):
+    from crypson import provenance
+
+    monkeypatch.delenv("CRYPSON_EXECUTION_ID", raising=False)
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
+    monkeypatch.setenv("DVC_EXP_NAME", "mated-cusp")
+    monkeypatch.setattr(provenance, "git", lambda *args, **kwargs: str(len(args)) + str(tmp_path))
+    first = provenance.execution_key(b"params")
+    monkeypatch.setattr(provenance, "git", lambda *args, **kwargs: "a changed working tree")
+    assert provenance.execution_key(b"params") == first != provenance.execution_key(b"other params")
+    monkeypatch.setenv("DVC_EXP_NAME", "bluff-bish")
+    assert provenance.execution_key(b"params") != first
+
+
 def test_the_execution_name_says_code_data_settings_and_kfp_run():
     name = runner.execution_name("0123456789abcdef-dirty", "emnist", "letters", b"x", "run-42abcdefgh")
     assert name == f"01234567-dirty emnist/letters params {runner.hashlib.sha256(b'x').hexdigest()[:8]} kfp run-42ab"

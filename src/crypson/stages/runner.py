@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,13 +61,29 @@ def source_tags(commit: str, kfp_run_id: str = "") -> dict[str, str]:
     return tags
 
 
+def tracking_store(config: Config, root: Path, environ: Mapping[str, str]) -> tuple[str, Path]:
+    """The tracking URI and the artifact folder (for a new experiment on an embedded store) of a stage.
+
+    MLFLOW_TRACKING_URI wins over params. A relative embedded store (`sqlite:///mlflow.db`) and a
+    relative artifact folder belong to the DVC project, not to the stage's working folder: DVC sets
+    DVC_ROOT to the project's root for every stage, also for `dvc exp run --temp` and queued experiments,
+    whose stages run in a temporary copy that is deleted afterwards (their runs and registry versions went
+    with it). Without DVC_ROOT (`crypson stage` by hand) they are under `root`.
+    """
+    base = Path(environ.get("DVC_ROOT") or root).resolve()
+    uri = environ.get("MLFLOW_TRACKING_URI") or config.tracking.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
+        uri = f"sqlite:///{base / uri.removeprefix('sqlite:///')}"
+    return uri, base / config.tracking.artifact_dir  # an absolute artifact_dir stays itself
+
+
 def tracking_context(config: Config, params: bytes, root: Path) -> TrackingContext:
     """The MLflow experiment, the execution's parent run and the provenance tags every stage run carries."""
     from crypson import tracking
     from crypson.data.prepare import load_prepared
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.tracking_uri
-    experiment_id = tracking.configure(uri, config.tracking.experiment, root / config.tracking.artifact_dir)
+    uri, artifact_dir = tracking_store(config, root, os.environ)
+    experiment_id = tracking.configure(uri, config.tracking.experiment, artifact_dir)
     manifest = load_prepared(root / "data" / "prepared").manifest
     commit, kfp_run_id = provenance.git_commit(), os.environ.get("KFP_RUN_ID", "")
     tags = {"git_commit": commit, "data_version": manifest["data_version"],
@@ -75,7 +91,11 @@ def tracking_context(config: Config, params: bytes, root: Path) -> TrackingConte
             **source_tags(commit, kfp_run_id)}
     if kfp_run_id:
         tags["kfp_run_id"] = kfp_run_id
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
     name = execution_name(commit, manifest["source"], config.data.split, params, kfp_run_id)
+    if tags.get("dvc_experiment"):
+        name += f" exp {tags['dvc_experiment']}"
     parent = tracking.execution_run(experiment_id, provenance.execution_key(params), name, tags)
     return tracking.TrackingContext(experiment_id, parent, tags)
 
