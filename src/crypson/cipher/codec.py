@@ -27,16 +27,16 @@ import torch
 from crypson.cipher.alphabet import Alphabet
 from crypson.cipher.envelope import Envelope, check_stream, seal, verify
 from crypson.cipher.keys import SecretKey, derive_message_keys, new_nonce, xor_with_stream
-from crypson.cipher.masks import MaskScheme, get_scheme
+from crypson.cipher.masks import MASK_SETTINGS, MaskScheme, get_scheme
 from crypson.inference import inference_chunk
 from crypson.models.cgan import Generator
 from crypson.models.classifier import LatentClassifier
 from crypson.models.vae import VAE
 
 MODEL_KINDS = ("cgan", "vae", "classifier")
-# Mask settings travel in the authenticated header next to the model versions, so a receiver
-# never unmasks with a scale other than the sender's.
-SIGMA_KEY, RANGE_KEY = "mask.gaussian_sigma", "mask.modular_range"
+# Mask settings travel in the authenticated header next to the model versions, as "mask.<setting>"
+# (e.g. mask.gaussian_sigma), so a receiver never unmasks with a scale other than the sender's.
+SETTING_PREFIX = "mask."
 # Candidate images per character; params.yaml's cipher.candidates sets it from the measured
 # single-image accuracy (the security-and-quality report shows the calculation).
 DEFAULT_CANDIDATES = 4
@@ -193,12 +193,9 @@ def draw_candidates(models: CipherModels, class_index: torch.Tensor, candidates:
 
 
 def _context(models: CipherModels, scheme: MaskScheme) -> dict[str, str]:
-    context = dict(models.versions)
-    if scheme.name == "keyed-gaussian":
-        context[SIGMA_KEY] = repr(float(scheme.sigma))
-    if scheme.name == "keyed-modular":
-        context[RANGE_KEY] = repr(float(scheme.range))
-    return context
+    """The envelope's authenticated `models` field: the model versions and the scheme's settings."""
+    settings = {SETTING_PREFIX + name: repr(float(value)) for name, value in scheme.setting_values().items()}
+    return {**models.versions, **settings}
 
 
 def encrypt(models: CipherModels, texts: list[str], key: SecretKey, scheme: MaskScheme,
@@ -257,11 +254,8 @@ def encrypt(models: CipherModels, texts: list[str], key: SecretKey, scheme: Mask
 
 def scheme_for(envelope: Envelope, latent_dim: int) -> MaskScheme:
     """The mask scheme an (authenticated) envelope names, with its recorded settings."""
-    settings = {}
-    if SIGMA_KEY in envelope.models:
-        settings["gaussian_sigma"] = float(envelope.models[SIGMA_KEY])
-    if RANGE_KEY in envelope.models:
-        settings["modular_range"] = float(envelope.models[RANGE_KEY])
+    settings = {name: float(envelope.models[SETTING_PREFIX + name]) for name in MASK_SETTINGS
+                if SETTING_PREFIX + name in envelope.models}
     return get_scheme(envelope.scheme, latent_dim, **settings)
 
 
@@ -281,7 +275,7 @@ def decrypt(models: CipherModels, envelopes: list[Envelope], key: SecretKey,
     for envelope in envelopes:
         keys = derive_message_keys(key, envelope.nonce)
         verify(envelope, keys.mac_key)
-        wanted = {k: v for k, v in envelope.models.items() if not k.startswith("mask.")}
+        wanted = {k: v for k, v in envelope.models.items() if not k.startswith(SETTING_PREFIX)}
         loaded = {k: models.versions.get(k) for k in wanted}
         if models.versions and wanted != loaded:
             raise ModelMismatchError(f"the ciphertext was made with models {wanted}, the loaded ones are {loaded}")

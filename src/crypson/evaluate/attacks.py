@@ -39,9 +39,6 @@ from crypson.cipher.masks import (
 )
 from crypson.inference import inference_chunk
 
-# Big-endian payload number formats, one per scheme (masks.py module docstring).
-PAYLOAD_DTYPES = {"report": ">f4", "keyed-timestep": ">f4", "keyed-gaussian": ">f2", "keyed-modular": ">u2"}
-
 
 @dataclass(frozen=True)
 class AttackResult:
@@ -93,15 +90,14 @@ def payload_features(scheme: MaskScheme, payload: bytes, count: int) -> torch.Te
         payload: count * scheme.bytes_per_character bytes.
         count: the number of characters N.
     Returns:
-        (N, d) float32: the masked values for the float schemes; keyed-modular's uint16 words / 2^16, in [0, 1).
+        (N, d) float32: the masked values for the float schemes; an exact scheme's uint16 words / 2^16,
+        in [0, 1).
     """
-    if scheme.name not in PAYLOAD_DTYPES:
-        raise ValueError(f"unknown scheme {scheme.name!r}; choose one of {', '.join(PAYLOAD_DTYPES)}")
     if len(payload) != count * scheme.bytes_per_character:
         raise ValueError(f"{scheme.name} payload has {len(payload)} bytes, expected "
                          f"{count} x {scheme.bytes_per_character}")
-    numbers = np.frombuffer(bytes(payload), dtype=PAYLOAD_DTYPES[scheme.name]).astype(np.float64)
-    if scheme.name == "keyed-modular":
+    numbers = np.frombuffer(bytes(payload), dtype=scheme.payload_dtype).astype(np.float64)
+    if scheme.exact:
         numbers = numbers / UINT16_MODULUS
     return torch.from_numpy(numbers.reshape(count, scheme.latent_dim)).float()
 
@@ -394,7 +390,8 @@ def run_attack_suite(
     samples = len(labels_test)
     results = []
     for index, name in enumerate(scheme_names):
-        scheme = get_scheme(name, latents_train.shape[1], gaussian_sigma, modular_range)
+        scheme = get_scheme(name, latents_train.shape[1], gaussian_sigma=gaussian_sigma,
+                            modular_range=modular_range)
         seeds = np.random.default_rng([seed, index]).integers(2**32, size=3)
         train_seed, test_seed, same_key_seed = (int(value) for value in seeds)
         train_features, train_positions = make_ciphertexts(scheme, latents_train, message_length, train_seed)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from crypson.cipher.keys import KEY_BYTES, NONCE_BYTES, SecretKey, derive_message_keys
-from crypson.cipher.masks import UINT16_MODULUS, KeyedModularMask, MaskScheme, get_scheme
+from crypson.cipher.masks import UINT16_MODULUS, MaskScheme, get_scheme
 from crypson.evaluate.attacks import (
     AttackResult,
     known_model_latents,
@@ -150,7 +150,8 @@ def image_inversion_suite(
     mean_image = _decode(decoder, latents_train).mean(0, keepdim=True).expand_as(receiver)
     results = [score_images("mean-image", "keyless", mean_image, receiver)]
     for index, name in enumerate(scheme_names):
-        scheme = get_scheme(name, latents_train.shape[1], gaussian_sigma, modular_range)
+        scheme = get_scheme(name, latents_train.shape[1], gaussian_sigma=gaussian_sigma,
+                            modular_range=modular_range)
         train_seed, test_seed = (int(v) for v in np.random.default_rng([seed, index, 1]).integers(2**32, size=2))
         train_features, train_positions = make_ciphertexts(scheme, latents_train, message_length, train_seed)
         test_features, test_positions = make_ciphertexts(scheme, latents_test, message_length, test_seed)
@@ -165,10 +166,10 @@ def image_inversion_suite(
 def latent_difference(scheme: MaskScheme, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """second - first of two ciphertexts' payload features, in latent units.
 
-    keyed-modular's words subtract mod 2^16, read as signed (|z2 - z1| < R, the clipping range,
-    fits without wrapping); the float schemes subtract directly.
+    An exact scheme's (keyed-modular's) words subtract mod 2^16, read as signed (|z2 - z1| < R, the
+    clipping range, fits without wrapping); the float schemes subtract directly.
     """
-    if isinstance(scheme, KeyedModularMask):
+    if scheme.exact:
         words = [torch.round(f.double() * UINT16_MODULUS).to(torch.int64) for f in (first, second)]
         signed = torch.remainder(words[1] - words[0] + UINT16_MODULUS // 2, UINT16_MODULUS) - UINT16_MODULUS // 2
         return (signed.double() * (2 * scheme.range / scheme.levels)).float()
@@ -263,7 +264,8 @@ def nonce_reuse_suite(
     chance = 1.0 / num_classes
     results = []
     for index, name in enumerate(scheme_names):
-        scheme = get_scheme(name, latents_train.shape[1], gaussian_sigma, modular_range)
+        scheme = get_scheme(name, latents_train.shape[1], gaussian_sigma=gaussian_sigma,
+                            modular_range=modular_range)
         scored = []
         for reuse in (True, False):
             predicted, identical = nonce_reuse_attack(

@@ -20,9 +20,8 @@ import torch
 
 from crypson import artifacts, tracking
 from crypson.cipher import codec
-from crypson.cipher.envelope import SCHEMES
 from crypson.cipher.keys import KEY_BYTES, SecretKey
-from crypson.cipher.masks import MaskScheme, get_scheme
+from crypson.cipher.masks import SCHEMES, MaskScheme, get_scheme
 from crypson.compute import derived_seed
 from crypson.config import Config
 from crypson.evaluate import figures
@@ -80,7 +79,7 @@ def _end_to_end(config: Config, models: codec.CipherModels) -> list[EndToEnd]:
     key = SecretKey(np.random.default_rng(derived_seed(config.seed, "corpus-key")).bytes(KEY_BYTES))
     results = []
     for name in SCHEMES:
-        scheme = get_scheme(name, models.vae.latent_dim, config.cipher.gaussian_sigma, config.cipher.modular_range)
+        scheme = get_scheme(name, models.vae.latent_dim, **config.cipher.scheme_settings)
         cer, misread, decoded, references = end_to_end_error_rate(models, messages, scheme, key,
                                                                   config.cipher.candidates)
         results.append(EndToEnd(name, cer, sum(len(r) for r in references), misread,
@@ -95,7 +94,7 @@ def attack(config: Config, layout: Layout, context: tracking.TrackingContext) ->
     vae, _ = artifacts.load_model(layout.model_dir("vae") / "vae.pt", "vae")
     classifier, _ = artifacts.load_model(layout.model_dir("classifier") / "classifier.pt", "classifier")
     models = codec.CipherModels(generator, vae, classifier, classes)
-    sent = get_scheme(cipher.scheme, vae.latent_dim, cipher.gaussian_sigma, cipher.modular_range)
+    sent = get_scheme(cipher.scheme, vae.latent_dim, **cipher.scheme_settings)
     train_latents, train_labels, train_checked = _cipher_latents(
         models, settings.train_per_class, derived_seed(config.seed, "attack-train"), cipher.candidates, sent)
     test_latents, test_labels, test_checked = _cipher_latents(
