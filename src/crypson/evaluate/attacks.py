@@ -19,7 +19,7 @@ The image-predicting inversion (PSNR/SSIM against the receiver's image) and nonc
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,9 +35,51 @@ from crypson.cipher.masks import (
     KeyedTimestepMask,
     MaskScheme,
     ReportMask,
-    get_scheme,
 )
 from crypson.inference import inference_chunk
+
+
+@dataclass(frozen=True)
+class AttackData:
+    """What every attack suite works on: cGAN characters' latents (what the cipher sends), and the public
+    receiver that reads them.
+
+    Attributes:
+        train_latents, train_labels: (N, d) float32 CPU latents and (N,) int64 classes the attackers learn from.
+        test_latents, test_labels: the held-out characters every attacker is scored on (at least one).
+        classifier: the public receiver classifier, (N, d) latents -> (N, K) logits.
+        receiver_accuracy: the receiver's accuracy on the test characters (the advantage's denominator).
+        num_classes: K >= 2; chance is 1 / K.
+        message_length: characters per simulated message (one key and nonce each).
+    """
+
+    train_latents: torch.Tensor
+    train_labels: torch.Tensor
+    test_latents: torch.Tensor
+    test_labels: torch.Tensor
+    classifier: nn.Module
+    receiver_accuracy: float
+    num_classes: int
+    message_length: int = 16
+
+    def __post_init__(self) -> None:
+        train, test = (len(self.train_latents), len(self.train_labels)), (len(self.test_latents), len(self.test_labels))
+        if train[0] != train[1] or test[0] != test[1]:
+            raise ValueError(f"latents and labels differ in length: train {train[0]} vs {train[1]}, "
+                             f"test {test[0]} vs {test[1]}")
+        if test[1] == 0 or self.num_classes < 2:
+            raise ValueError(f"need test characters and num_classes >= 2, got {test[1]} and {self.num_classes}")
+        if self.message_length < 1:
+            raise ValueError(f"message_length must be >= 1, got {self.message_length}")
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / self.num_classes
+
+    def scored(self, scheme: str, attacker: str, accuracy: float, note: str = "") -> AttackResult:
+        """An attacker's accuracy on the test characters, with its interval and advantage."""
+        return scored_result(scheme, attacker, accuracy, len(self.test_labels), self.chance, self.receiver_accuracy,
+                             note)
 
 
 @dataclass(frozen=True)
@@ -341,86 +383,58 @@ def _scheme_notes(scheme: MaskScheme, latents_train: torch.Tensor) -> str:
             f"(mean latent variance {latent_variance:.3f}, sigma {scheme.sigma:g}, d {scheme.latent_dim})")
 
 
-def run_attack_suite(
-    scheme_names: list[str] | tuple[str, ...],
-    latents_train: torch.Tensor,
-    labels_train: torch.Tensor,
-    latents_test: torch.Tensor,
-    labels_test: torch.Tensor,
-    classifier: nn.Module,
-    receiver_accuracy: float,
-    num_classes: int,
-    message_length: int = 16,
-    seed: int = 0,
-    quick: bool = False,
-    gaussian_sigma: float = 4.0,
-    modular_range: float = 6.0,
-    restarts: int | None = None,
-    epochs: int | None = None,
-    grid_size: int | None = None,
-) -> list[AttackResult]:
-    """Every attacker against every named scheme, on ciphertexts made here under fresh random keys.
+def run_attack_suite(schemes: Sequence[MaskScheme], data: AttackData, seed: int = 0, quick: bool = False,
+                     restarts: int | None = None, epochs: int | None = None,
+                     grid_size: int | None = None) -> list[AttackResult]:
+    """Every attacker against every scheme, on ciphertexts made here under fresh random keys.
 
     Args:
-        scheme_names: names from SCHEMES.
-        latents_train, labels_train: (N, d) float32 CPU latents and (N,) int64 classes the attacker trains on.
-        latents_test, labels_test: the held-out characters every attacker is scored on.
-        classifier: the public receiver classifier, (N, d) latents -> (N, K) logits.
-        receiver_accuracy: the receiver's accuracy on the same test characters (the advantage's denominator).
-        num_classes: K; chance is 1 / K.
-        message_length: characters per simulated message.
+        schemes: the mask schemes, with the sender's settings.
+        data: the characters the attackers learn from and are scored on, and the public receiver.
         seed: seeds keys, nonces, candidate timesteps and the attackers' networks.
         quick: one restart, few epochs, a coarse timestep grid (tests and smoke runs).
-        gaussian_sigma, modular_range: the scheme parameters the sender uses.
         restarts, epochs, grid_size: the learned attackers' restarts and epochs and the timestep
             search's candidates; None takes the quick or full default.
     Returns:
         One AttackResult per (scheme, attacker), in scheme order.
     """
-    if len(latents_train) != len(labels_train) or len(latents_test) != len(labels_test):
-        raise ValueError(f"latents and labels differ in length: train {len(latents_train)} vs {len(labels_train)}, "
-                         f"test {len(latents_test)} vs {len(labels_test)}")
-    if len(labels_test) == 0 or num_classes < 2:
-        raise ValueError(f"need test characters and num_classes >= 2, got {len(labels_test)} and {num_classes}")
-    chance = 1.0 / num_classes
     quick_defaults, full_defaults = (1, 10, 256), (3, 30, 1024)
     defaults = quick_defaults if quick else full_defaults
     restarts, epochs, grid_size = (given if given is not None else default
                                    for given, default in zip((restarts, epochs, grid_size), defaults))
-    samples = len(labels_test)
+    train_labels, test_labels = data.train_labels, data.test_labels
     results = []
-    for index, name in enumerate(scheme_names):
-        scheme = get_scheme(name, latents_train.shape[1], gaussian_sigma=gaussian_sigma,
-                            modular_range=modular_range)
+    for index, scheme in enumerate(schemes):
         seeds = np.random.default_rng([seed, index]).integers(2**32, size=3)
         train_seed, test_seed, same_key_seed = (int(value) for value in seeds)
-        train_features, train_positions = make_ciphertexts(scheme, latents_train, message_length, train_seed)
-        test_features, test_positions = make_ciphertexts(scheme, latents_test, message_length, test_seed)
-        note = _scheme_notes(scheme, latents_train)
+        train_features, train_positions = make_ciphertexts(scheme, data.train_latents, data.message_length,
+                                                           train_seed)
+        test_features, test_positions = make_ciphertexts(scheme, data.test_latents, data.message_length, test_seed)
+        note = _scheme_notes(scheme, data.train_latents)
 
-        predicted = known_model_attack(scheme, test_features, test_positions, classifier)
-        accuracy = float((predicted == labels_test).float().mean())
-        results.append(scored_result(name, "known-model", accuracy, samples, chance, receiver_accuracy, note))
+        predicted = known_model_attack(scheme, test_features, test_positions, data.classifier)
+        accuracy = float((predicted == test_labels).float().mean())
+        results.append(data.scored(scheme.name, "known-model", accuracy, note))
         if isinstance(scheme, KeyedTimestepMask):
-            predicted = timestep_search_attack(scheme, test_features, classifier, grid_size, seed)
-            accuracy = float((predicted == labels_test).float().mean())
-            results.append(scored_result(name, "timestep-search", accuracy, samples, chance, receiver_accuracy,
-                                   f"{grid_size} candidate t of {TIMESTEP_RANGE}"))
+            predicted = timestep_search_attack(scheme, test_features, data.classifier, grid_size, seed)
+            accuracy = float((predicted == test_labels).float().mean())
+            results.append(data.scored(scheme.name, "timestep-search", accuracy,
+                                       f"{grid_size} candidate t of {TIMESTEP_RANGE}"))
 
-        accuracy = linear_probe_attack(train_features, labels_train, test_features, labels_test,
+        accuracy = linear_probe_attack(train_features, train_labels, test_features, test_labels,
                                        train_positions, test_positions)
-        results.append(scored_result(name, "linear-probe", accuracy, samples, chance, receiver_accuracy, note))
-        accuracy = learned_inversion_attack(train_features, labels_train, test_features, labels_test,
-                                            train_positions, test_positions, num_classes, restarts, epochs, seed=seed)
-        results.append(scored_result(name, "learned-inversion", accuracy, samples, chance, receiver_accuracy, note))
+        results.append(data.scored(scheme.name, "linear-probe", accuracy, note))
+        accuracy = learned_inversion_attack(train_features, train_labels, test_features, test_labels, train_positions,
+                                            test_positions, data.num_classes, restarts, epochs, seed=seed)
+        results.append(data.scored(scheme.name, "learned-inversion", accuracy, note))
 
         # Known plaintext: the attacker holds (ciphertext, character) pairs under the victim's key, new nonces.
-        all_features, all_positions = make_ciphertexts(scheme, torch.cat([latents_train, latents_test]),
-                                                       message_length, same_key_seed, same_key=True)
-        split = len(latents_train)
-        accuracy = learned_inversion_attack(all_features[:split], labels_train, all_features[split:], labels_test,
-                                            all_positions[:split], all_positions[split:], num_classes, restarts,
+        all_features, all_positions = make_ciphertexts(scheme, torch.cat([data.train_latents, data.test_latents]),
+                                                       data.message_length, same_key_seed, same_key=True)
+        split = len(data.train_latents)
+        accuracy = learned_inversion_attack(all_features[:split], train_labels, all_features[split:], test_labels,
+                                            all_positions[:split], all_positions[split:], data.num_classes, restarts,
                                             epochs, seed=seed)
-        results.append(scored_result(name, "known-plaintext", accuracy, samples, chance, receiver_accuracy,
-                               "one key, fresh nonces; learned inversion"))
+        results.append(data.scored(scheme.name, "known-plaintext", accuracy,
+                                   "one key, fresh nonces; learned inversion"))
     return results

@@ -15,6 +15,7 @@ the difference of their latents; with the first message known, the second falls.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +23,9 @@ import torch
 from torch import nn
 
 from crypson.cipher.keys import KEY_BYTES, NONCE_BYTES, SecretKey, derive_message_keys
-from crypson.cipher.masks import UINT16_MODULUS, MaskScheme, get_scheme
+from crypson.cipher.masks import UINT16_MODULUS, MaskScheme
 from crypson.evaluate.attacks import (
+    AttackData,
     AttackResult,
     known_model_latents,
     make_ciphertexts,
@@ -125,41 +127,30 @@ def _decode(decoder: nn.Module, latents: torch.Tensor) -> torch.Tensor:
                       for s in range(0, len(latents), batch_size)])
 
 
-def image_inversion_suite(
-    scheme_names: list[str] | tuple[str, ...],
-    latents_train: torch.Tensor,
-    latents_test: torch.Tensor,
-    decoder: nn.Module,
-    message_length: int = 16,
-    seed: int = 0,
-    gaussian_sigma: float = 4.0,
-    modular_range: float = 6.0,
-    restarts: int = 3,
-    epochs: int = 30,
-) -> list[ImageInversionResult]:
+def image_inversion_suite(schemes: Sequence[MaskScheme], data: AttackData, decoder: nn.Module, seed: int = 0,
+                          restarts: int = 3, epochs: int = 30) -> list[ImageInversionResult]:
     """Per scheme, the known-model and the learned attacker's decoded images against the receiver's.
 
     Args:
-        latents_train, latents_test: (N, d) float32 CPU latents of cGAN images (the attacker's
-            training pairs, and the characters scored).
+        schemes: the mask schemes, with the sender's settings.
+        data: latents of cGAN images: the attacker's training pairs, and the characters scored.
         decoder: the public VAE decoder, (N, d) -> (N, 1, 32, 32) in [0, 1].
     Returns:
         First the keyless baseline ("mean-image", scheme "keyless"), then two results per scheme.
     """
-    receiver = _decode(decoder, latents_test)  # what the receiver sees
-    mean_image = _decode(decoder, latents_train).mean(0, keepdim=True).expand_as(receiver)
+    receiver = _decode(decoder, data.test_latents)  # what the receiver sees
+    mean_image = _decode(decoder, data.train_latents).mean(0, keepdim=True).expand_as(receiver)
     results = [score_images("mean-image", "keyless", mean_image, receiver)]
-    for index, name in enumerate(scheme_names):
-        scheme = get_scheme(name, latents_train.shape[1], gaussian_sigma=gaussian_sigma,
-                            modular_range=modular_range)
+    for index, scheme in enumerate(schemes):
         train_seed, test_seed = (int(v) for v in np.random.default_rng([seed, index, 1]).integers(2**32, size=2))
-        train_features, train_positions = make_ciphertexts(scheme, latents_train, message_length, train_seed)
-        test_features, test_positions = make_ciphertexts(scheme, latents_test, message_length, test_seed)
+        train_features, train_positions = make_ciphertexts(scheme, data.train_latents, data.message_length,
+                                                           train_seed)
+        test_features, test_positions = make_ciphertexts(scheme, data.test_latents, data.message_length, test_seed)
         guessed = known_model_latents(scheme, test_features, test_positions)
-        results.append(score_images("known-model", name, _decode(decoder, guessed), receiver))
-        learned = learned_latent_inversion(train_features, train_positions, latents_train, test_features,
+        results.append(score_images("known-model", scheme.name, _decode(decoder, guessed), receiver))
+        learned = learned_latent_inversion(train_features, train_positions, data.train_latents, test_features,
                                            test_positions, restarts, epochs, seed=seed)
-        results.append(score_images("learned-inversion", name, _decode(decoder, learned), receiver))
+        results.append(score_images("learned-inversion", scheme.name, _decode(decoder, learned), receiver))
     return results
 
 
@@ -237,43 +228,28 @@ class NonceReuseResult:
     masks_identical: bool
 
 
-def nonce_reuse_suite(
-    scheme_names: list[str] | tuple[str, ...],
-    latents_train: torch.Tensor,
-    labels_train: torch.Tensor,
-    latents_test: torch.Tensor,
-    labels_test: torch.Tensor,
-    classifier: nn.Module,
-    receiver_accuracy: float,
-    num_classes: int,
-    message_length: int = 16,
-    seed: int = 0,
-    gaussian_sigma: float = 4.0,
-    modular_range: float = 6.0,
-) -> list[NonceReuseResult]:
+def nonce_reuse_suite(schemes: Sequence[MaskScheme], data: AttackData, seed: int = 0) -> list[NonceReuseResult]:
     """`nonce_reuse_attack` on every scheme: the test characters, shuffled, form pairs of messages.
 
     The class means come from the attacker's own training latents (public cGAN + VAE).
     """
-    means = class_means(latents_train, labels_train, num_classes)
-    order = torch.randperm(len(latents_test), generator=torch.Generator().manual_seed(seed))
+    means = class_means(data.train_latents, data.train_labels, data.num_classes)
+    order = torch.randperm(len(data.test_latents), generator=torch.Generator().manual_seed(seed))
     half = len(order) // 2
     if half == 0:
         raise ValueError(f"need at least 2 test characters, got {len(order)}")
     first, second = order[:half], order[half : 2 * half]
-    chance = 1.0 / num_classes
+    latents, labels = data.test_latents, data.test_labels
     results = []
-    for index, name in enumerate(scheme_names):
-        scheme = get_scheme(name, latents_train.shape[1], gaussian_sigma=gaussian_sigma,
-                            modular_range=modular_range)
+    for index, scheme in enumerate(schemes):
         scored = []
         for reuse in (True, False):
             predicted, identical = nonce_reuse_attack(
-                scheme, latents_test[first], labels_test[first], latents_test[second], means, classifier,
-                message_length, int(np.random.default_rng([seed, index]).integers(2**32)), reuse=reuse)
-            accuracy = float((predicted == labels_test[second]).float().mean())
+                scheme, latents[first], labels[first], latents[second], means, data.classifier,
+                data.message_length, int(np.random.default_rng([seed, index]).integers(2**32)), reuse=reuse)
+            accuracy = float((predicted == labels[second]).float().mean())
             note = "one key, the SAME nonce" if reuse else "control: one key, fresh nonces"
-            scored.append((scored_result(name, "nonce-reuse" if reuse else "nonce-fresh", accuracy, half, chance,
-                                         receiver_accuracy, note), identical))
+            scored.append((scored_result(scheme.name, "nonce-reuse" if reuse else "nonce-fresh", accuracy, half,
+                                         data.chance, data.receiver_accuracy, note), identical))
         results.append(NonceReuseResult(scored[0][0], scored[1][0], scored[0][1]))
     return results
