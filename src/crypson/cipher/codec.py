@@ -28,7 +28,7 @@ from crypson.cipher.alphabet import Alphabet
 from crypson.cipher.envelope import Envelope, check_stream, seal, verify
 from crypson.cipher.keys import SecretKey, derive_message_keys, new_nonce, xor_with_stream
 from crypson.cipher.masks import MASK_SETTINGS, MaskScheme, get_scheme
-from crypson.inference import inference_chunk
+from crypson.inference import chunked, inference_chunk
 from crypson.models.cgan import Generator
 from crypson.models.classifier import LatentClassifier
 from crypson.models.vae import VAE
@@ -101,32 +101,29 @@ def fresh_noise_source(models: CipherModels) -> torch.Generator:
     return torch.Generator(device=models.device).manual_seed(secrets.randbits(63))
 
 
-@torch.no_grad()
 def encode_characters(models: CipherModels, class_index: torch.Tensor, batch_size: int | None = None,
                       noise_source: torch.Generator | None = None) -> torch.Tensor:
     """class indices (N,) -> VAE posterior means (N, d) of freshly generated images, on CPU.
 
     batch_size: images per forward pass; None: what suits the device (crypson.inference).
-    noise_source: the cGAN's noise generator (on the models' device); None draws a fresh seed.
+    noise_source: the cGAN's noise generator (on the models' device); None draws a fresh seed. Each
+        chunk draws its noise in turn.
     """
-    latents = []
-    batch_size = batch_size or inference_chunk(models.device)
     noise_source = noise_source if noise_source is not None else fresh_noise_source(models)
-    for start in range(0, len(class_index), batch_size):
-        labels = class_index[start : start + batch_size].to(models.device)
+
+    def encode(labels: torch.Tensor) -> torch.Tensor:
+        labels = labels.to(models.device)
         noise = models.generator.sample_noise(len(labels), noise_source)
         images = models.generator.to_unit_range(models.generator(noise, labels))  # (B, 1, 32, 32) in [0, 1]
-        latents.append(models.vae.encode_mean(images).float().cpu())
-    return torch.cat(latents) if latents else torch.zeros(0, models.vae.latent_dim)
+        return models.vae.encode_mean(images).float().cpu()
+
+    return chunked(encode, class_index, batch_size or inference_chunk(models.device))
 
 
-@torch.no_grad()
 def receiver_logits(models: CipherModels, latents: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """latents (N, d) -> the receiver's classifier logits (N, K), on CPU."""
-    batch_size = batch_size or inference_chunk(models.device)
-    logits = [models.classifier(latents[s : s + batch_size].to(models.device)).float().cpu()
-              for s in range(0, len(latents), batch_size)]
-    return torch.cat(logits) if logits else torch.zeros(0, len(models.classes))
+    return chunked(lambda batch: models.classifier(batch.to(models.device)).float().cpu(), latents,
+                   batch_size or inference_chunk(models.device))
 
 
 def classify_latents(models: CipherModels, latents: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:

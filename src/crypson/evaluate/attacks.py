@@ -36,7 +36,7 @@ from crypson.cipher.masks import (
     MaskScheme,
     ReportMask,
 )
-from crypson.inference import inference_chunk
+from crypson.inference import chunked, inference_chunk
 
 
 @dataclass(frozen=True)
@@ -178,15 +178,12 @@ def make_ciphertexts(
     return torch.cat(features), torch.cat(positions)
 
 
-@torch.no_grad()
 def _class_probabilities(classifier: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     """Softmax of the public classifier over (N, d) latents, batched, on the CPU."""
     parameter = next(classifier.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
-    batch_size = inference_chunk(device)
-    chunks = [torch.softmax(classifier(latents[start : start + batch_size].to(device)).float(), dim=1).cpu()
-              for start in range(0, len(latents), batch_size)]
-    return torch.cat(chunks)
+    return chunked(lambda batch: torch.softmax(classifier(batch.to(device)).float(), dim=1).cpu(), latents,
+                   inference_chunk(device))
 
 
 def mean_timestep_embedding(scheme: KeyedTimestepMask, samples: int = 4096, seed: int = 0) -> torch.Tensor:
@@ -244,16 +241,14 @@ def timestep_search_attack(
     """
     generator = torch.Generator().manual_seed(seed)
     candidates = scheme.position_embedding(torch.randint(0, TIMESTEP_RANGE, (grid_size,), generator=generator))
-    predictions = []
-    rows_per_chunk = max(1, 65536 // grid_size)
-    for start in range(0, len(features), rows_per_chunk):
-        chunk = features[start : start + rows_per_chunk]  # (B, d)
+
+    def search(chunk: torch.Tensor) -> torch.Tensor:
         trial_latents = (chunk[:, None, :] - candidates[None, :, :]).reshape(-1, chunk.shape[1])  # (B * G, d)
-        probabilities = _class_probabilities(classifier, trial_latents).reshape(len(chunk), grid_size, -1)
-        confidence, predicted = probabilities.max(2)  # (B, G) each
-        best = confidence.argmax(1)  # (B,)
-        predictions.append(predicted[torch.arange(len(chunk)), best])
-    return torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.int64)
+        probabilities = _class_probabilities(classifier, trial_latents)  # (B * G, K)
+        confidence, predicted = probabilities.view(len(chunk), grid_size, probabilities.shape[1]).max(2)  # (B, G)
+        return predicted[torch.arange(len(chunk)), confidence.argmax(1)]  # (B,)
+
+    return chunked(search, features, max(1, 65536 // grid_size))  # 65,536 trial latents a chunk
 
 
 def _with_positions(features: torch.Tensor, positions: torch.Tensor | None, num_positions: int) -> np.ndarray:

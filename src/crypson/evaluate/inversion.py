@@ -34,7 +34,7 @@ from crypson.evaluate.attacks import (
     train_mlp,
 )
 from crypson.evaluate.metrics import psnr_per_image
-from crypson.inference import inference_chunk
+from crypson.inference import chunked, inference_chunk
 
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; 100 dB stands for "exact"
 
@@ -119,12 +119,9 @@ def learned_latent_inversion(
         return (best_model(test_inputs) * target_std + target_mean).float()
 
 
-@torch.no_grad()
 def _decode(decoder: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     device = next(decoder.parameters()).device
-    batch_size = inference_chunk(device)
-    return torch.cat([decoder(latents[s : s + batch_size].to(device)).float().cpu()
-                      for s in range(0, len(latents), batch_size)])
+    return chunked(lambda batch: decoder(batch.to(device)).float().cpu(), latents, inference_chunk(device))
 
 
 def image_inversion_suite(schemes: Sequence[MaskScheme], data: AttackData, decoder: nn.Module, seed: int = 0,

@@ -19,6 +19,7 @@ from crypson.data.prepare import PreparedData
 from crypson.evaluate import figures, quality
 from crypson.evaluate.attacks import wilson_interval
 from crypson.evaluate.metrics import generate_images
+from crypson.inference import chunked
 from crypson.io import atomic_write_bytes
 from crypson.train.vae import reconstruction_grid, to_unit_range
 
@@ -31,11 +32,9 @@ def figures_dir(root: Path) -> Path:
     return root / "reports" / "figures"
 
 
-@torch.no_grad()
 def _latents(vae, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     device = next(vae.parameters()).device
-    return torch.cat([vae.encode_mean(images[s : s + batch_size].to(device)).float().cpu()
-                      for s in range(0, len(images), batch_size)])
+    return chunked(lambda batch: vae.encode_mean(batch.to(device)).float().cpu(), images, batch_size)
 
 
 def truncation_key(level: float | None) -> str:

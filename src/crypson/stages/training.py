@@ -27,6 +27,7 @@ from crypson.config import Config, section_params
 from crypson.data.prepare import PreparedData, load_prepared
 from crypson.evaluate import figures
 from crypson.evaluate.metrics import generate_images
+from crypson.inference import chunked
 from crypson.io import atomic_write_json
 from crypson.models import cgan as cgan_model
 from crypson.models import classifier as classifier_model
@@ -226,8 +227,8 @@ def _undisputed(discriminator: torch.nn.Module, images: torch.Tensor, labels: to
     confirms (its argmax is the intended class); without a class head, of the first `per_class` of each."""
     if getattr(discriminator, "has_class_head", False):
         device = next(discriminator.parameters()).device
-        predicted = torch.cat([discriminator.classify(images[s : s + 512].to(device) * 2 - 1).argmax(1).cpu()
-                               for s in range(0, len(images), 512)])
+        predicted = chunked(lambda batch: discriminator.classify(batch.to(device) * 2 - 1).argmax(1).cpu(), images,
+                            512)
         agreed = predicted == labels
     else:
         agreed = torch.ones(len(labels), dtype=torch.bool)
