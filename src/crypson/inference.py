@@ -1,4 +1,5 @@
-"""No-grad forward passes over many inputs: how large a chunk, and the one chunked loop.
+"""No-grad forward passes over many inputs: how large a chunk, the one chunked loop, and the one
+per-class cGAN sampler.
 
 On a CPU, chunks of the decoder's size (its 32-channel 16x16 activations are 32 KB an image) stay fast
 only while a chunk's buffers are small: from a few hundred images on, each forward pass allocates
@@ -10,9 +11,12 @@ buffers that glibc maps and unmaps, and the page faults cost more than the arith
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
+
+if TYPE_CHECKING:
+    from crypson.models.cgan import Generator
 
 CPU_CHUNK = 128
 ACCELERATOR_CHUNK = 8192
@@ -50,3 +54,29 @@ def chunked(forward: Callable[[torch.Tensor], Output], inputs: torch.Tensor, chu
     if isinstance(outputs[0], tuple):
         return tuple(torch.cat(parts) for parts in zip(*outputs))
     return torch.cat(outputs)
+
+
+@torch.no_grad()
+def sample_per_class(generator: Generator, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`per_class` fresh cGAN images of every class, class by class, from noise seeded by `seed`.
+
+    The generator runs in eval mode (BatchNorm's running statistics) and is left in the mode it was
+    in; its noise comes from its own seeded generator, so the global RNG is untouched.
+
+    Args:
+        generator: the cGAN generator, on any device.
+        per_class: images of each of its K classes.
+        seed: seeds the noise: the same seed gives the same images.
+    Returns:
+        (images (K * per_class, 1, 32, 32) in [0, 1], class indices (K * per_class,): 0 0 .. 1 1 ..), on CPU.
+    """
+    was_training = generator.training
+    generator.eval()
+    try:
+        device = generator.label_embedding.weight.device
+        labels = torch.arange(generator.num_classes, device=device).repeat_interleave(per_class)
+        noise = generator.sample_noise(len(labels), torch.Generator(device=device).manual_seed(seed))
+        images = generator.to_unit_range(generator(noise, labels))
+    finally:
+        generator.train(was_training)
+    return images.float().cpu(), labels.cpu()

@@ -1,12 +1,12 @@
 """The one chunked no-grad loop: the same rows as one pass, chunk sizes from the input's length only,
-tuples of outputs, empty inputs; and the device's chunk size."""
+tuples of outputs, empty inputs; the device's chunk size; and the one per-class cGAN sampler."""
 
 import pytest
 import torch
 from torch import nn
 
 from crypson.cipher import codec
-from crypson.inference import ACCELERATOR_CHUNK, CPU_CHUNK, chunked, inference_chunk
+from crypson.inference import ACCELERATOR_CHUNK, CPU_CHUNK, chunked, inference_chunk, sample_per_class
 from crypson.models.cgan import Generator
 from crypson.models.classifier import LatentClassifier
 from crypson.models.vae import VAE
@@ -92,3 +92,29 @@ def test_the_codec_draws_noise_chunk_by_chunk_in_order():
     assert torch.equal(latents, torch.cat(by_hand))
     empty = codec.encode_characters(models, labels[:0])
     assert empty.shape == (0, 8) and codec.receiver_logits(models, empty).shape == (0, 5)
+
+
+def test_sample_per_class_is_the_seeded_eval_mode_pass_class_by_class():
+    torch.manual_seed(0)
+    generator = Generator(5, 8, 4)  # in training mode, as during training
+    images, labels = sample_per_class(generator, 3, seed=7)
+    assert images.shape == (15, 1, 32, 32) and images.dtype == torch.float32 and images.device.type == "cpu"
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    assert 0 <= float(images.min()) and float(images.max()) <= 1
+    assert generator.training  # its mode is given back
+    generator.eval()
+    with torch.no_grad():
+        noise = generator.sample_noise(15, torch.Generator().manual_seed(7))  # the same draw, by hand
+        expected = generator.to_unit_range(generator(noise, labels))
+    assert torch.equal(images, expected)  # BatchNorm's running statistics, not the batch's
+
+
+def test_sample_per_class_repeats_for_a_seed_and_leaves_the_global_rng_alone():
+    torch.manual_seed(0)
+    generator = Generator(4, 8, 4).eval()
+    state = torch.get_rng_state()
+    first, _ = sample_per_class(generator, 2, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(sample_per_class(generator, 2, seed=1)[0], first)
+    assert not torch.equal(sample_per_class(generator, 2, seed=2)[0], first)
+    assert not generator.training

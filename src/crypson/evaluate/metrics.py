@@ -6,7 +6,6 @@ import torch
 
 from crypson.inference import chunked
 from crypson.models.classifier import LatentClassifier
-from crypson.models.cgan import Generator
 from crypson.models.vae import VAE
 
 
@@ -60,12 +59,3 @@ def receiver_predict(
 
     return chunked(receive, images, batch_size)
 
-
-@torch.no_grad()
-def generate_images(generator: Generator, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`per_class` fresh cGAN images of every class: ((N, 1, 32, 32) in [0, 1], labels (N,)), on CPU."""
-    device = generator.label_embedding.weight.device
-    labels = torch.arange(generator.num_classes, device=device).repeat_interleave(per_class)
-    noise = generator.sample_noise(len(labels), torch.Generator(device=device).manual_seed(seed))
-    images = generator.to_unit_range(generator(noise, labels))
-    return images.float().cpu(), labels.cpu()
