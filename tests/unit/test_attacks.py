@@ -37,6 +37,7 @@ from crypson.evaluate.inversion import (
     nonce_reuse_suite,
     score_images,
 )
+from crypson.evaluate.learned import argmax_accuracy, best_of_restarts, standardised_inputs, train_mlp
 from crypson.evaluate.report import (
     EndToEnd,
     SenderCheck,
@@ -186,6 +187,40 @@ def test_attack_data_checks_its_shapes_and_gives_chance(data):
                    attack_data.test_labels, attack_data.classifier, 0.9, NUM_CLASSES)
     with pytest.raises(ValueError, match="num_classes >= 2, got 2000 and 1"):
         dataclasses.replace(attack_data, num_classes=1)
+
+
+def test_learned_attackers_inputs_are_standardised_features_and_position_one_hots():
+    features = torch.tensor([[1.0, 10.0], [3.0, 10.0], [5.0, 10.0], [7.0, 10.0]])
+    positions = torch.tensor([0, 1, 0, 2])
+    train, test = standardised_inputs(features, positions, features[:1] + 2, torch.tensor([5]))
+    assert train.shape == (4, 2 + 6) and test.shape == (1, 8)  # positions 0..5: six one-hot columns
+    torch.testing.assert_close(train.mean(0), torch.zeros(8))
+    assert train[:, 0].tolist() == pytest.approx([-1.1619, -0.3873, 0.3873, 1.1619], abs=1e-4)  # (x - 4) / 2.582
+    assert train[:, 1].abs().max() == 0  # a constant column stays 0 (its std is clamped to 1e-6)
+    assert test[0, 0].item() == pytest.approx(-0.3873, abs=1e-4) and test[0, 7] > 0 and (test[0, 2:7] <= 0).all()
+
+
+def test_best_of_restarts_keeps_the_restart_with_the_best_validation_score():
+    inputs = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    targets = (inputs[:, 0] > 0).long()
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(7))  # the split it draws under seed 7
+    validation, fit = order[:10], order[10:]
+    candidates = [train_mlp(inputs[fit], targets[fit], 2, nn.functional.cross_entropy, 2, 8, 7 + 1 + restart)
+                  for restart in range(3)]  # its restarts' seeds: 8, 9, 10
+
+    def score(predicted: torch.Tensor, _: torch.Tensor) -> float:  # any score: the sum of the first logit
+        return float(predicted[:, 0].sum())
+
+    with torch.no_grad():
+        scores = [score(candidate(inputs[validation]), targets[validation]) for candidate in candidates]
+    best = scores.index(max(scores))
+    assert best != 0  # so that keeping the first restart would fail
+    chosen = best_of_restarts(inputs, targets, 2, nn.functional.cross_entropy, score, 3, 2, 8, seed=7)
+    with torch.no_grad():
+        assert torch.equal(chosen(inputs), candidates[best](inputs))
+    assert argmax_accuracy(torch.tensor([[0.0, 1.0], [2.0, 1.0]]), torch.tensor([1, 1])) == 0.5
+    with pytest.raises(ValueError, match="restarts must be >= 1, got 0"):
+        best_of_restarts(inputs, targets, 2, nn.functional.cross_entropy, score, 0, 2, 8, seed=7)
 
 
 def test_suite_report_broken_and_keyed_modular_at_chance(data):

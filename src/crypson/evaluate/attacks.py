@@ -19,7 +19,7 @@ The image-predicting inversion (PSNR/SSIM against the receiver's image) and nonc
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +36,8 @@ from crypson.cipher.masks import (
     MaskScheme,
     ReportMask,
 )
+from crypson.evaluate.learned import (argmax_accuracy, best_of_restarts, num_positions, standardised_inputs,
+                                     with_positions)
 from crypson.inference import chunked, inference_chunk
 
 
@@ -251,19 +253,6 @@ def timestep_search_attack(
     return chunked(search, features, max(1, 65536 // grid_size))  # 65,536 trial latents a chunk
 
 
-def _with_positions(features: torch.Tensor, positions: torch.Tensor | None, num_positions: int) -> np.ndarray:
-    """(N, d) features -> (N, d [+ num_positions]) with a one-hot of the position appended."""
-    if positions is None:
-        return features.double().numpy()
-    one_hot = torch.nn.functional.one_hot(positions.clamp(max=num_positions - 1), num_positions)
-    return torch.cat([features.double(), one_hot.double()], dim=1).numpy()
-
-
-def _num_positions(*positions: torch.Tensor | None) -> int:
-    present = [p for p in positions if p is not None and len(p)]
-    return int(max(int(p.max()) for p in present)) + 1 if present else 1
-
-
 def linear_probe_attack(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
@@ -277,41 +266,16 @@ def linear_probe_attack(
     Returns:
         Accuracy on the test characters.
     """
-    num_positions = _num_positions(train_positions, test_positions)
-    train_inputs = _with_positions(train_features, train_positions, num_positions)
+    count = num_positions(train_positions, test_positions)
+    train_inputs = with_positions(train_features, train_positions, count).numpy()
     from sklearn.linear_model import LogisticRegression  # scikit-learn loads only for this attacker
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(train_inputs)
     probe = LogisticRegression(max_iter=1000)
     probe.fit(scaler.transform(train_inputs), train_labels.numpy())
-    predicted = probe.predict(scaler.transform(_with_positions(test_features, test_positions, num_positions)))
+    predicted = probe.predict(scaler.transform(with_positions(test_features, test_positions, count).numpy()))
     return float((predicted == test_labels.numpy()).mean())
-
-
-def train_mlp(inputs: torch.Tensor, targets: torch.Tensor, outputs: int,
-              loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], epochs: int, hidden: int,
-              seed: int) -> nn.Module:
-    """One fresh MLP (input -> hidden -> hidden -> outputs) trained with Adam on `loss`, minibatch 256.
-
-    The learned attackers' network: cross-entropy to characters here, mean squared error to latents
-    in crypson.evaluate.inversion.
-    """
-    with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
-        torch.manual_seed(seed)
-        model = nn.Sequential(nn.Linear(inputs.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                              nn.Linear(hidden, outputs))
-    generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(epochs):
-        order = torch.randperm(len(inputs), generator=generator)
-        for start in range(0, len(inputs), 256):
-            batch = order[start : start + 256]
-            value = loss(model(inputs[batch]), targets[batch])
-            optimiser.zero_grad()
-            value.backward()
-            optimiser.step()
-    return model.eval()
 
 
 def learned_inversion_attack(
@@ -327,36 +291,18 @@ def learned_inversion_attack(
     hidden: int = 64,
     seed: int = 0,
 ) -> float:
-    """An MLP trained on (ciphertext, position one-hot) -> character, best of `restarts` fresh inits.
-
-    As Abadi & Andersen (2016, "Learning to protect communications with adversarial neural cryptography")
-    retrain Eve from scratch, each restart starts anew; the best is picked on a 20% validation split of the
-    training pairs, never on the test set, so a chance-level attacker is not flattered by the pick.
+    """An MLP trained on (ciphertext, position one-hot) -> character, best of `restarts` fresh inits picked
+    on a validation split of the training pairs (crypson.evaluate.learned).
 
     Returns:
         Accuracy of the chosen restart on the test characters.
     """
-    if restarts < 1:
-        raise ValueError(f"restarts must be >= 1, got {restarts}")
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
-    num_positions = _num_positions(train_positions, test_positions)
-    train_inputs = torch.from_numpy(_with_positions(train_features, train_positions, num_positions)).float()
-    test_inputs = torch.from_numpy(_with_positions(test_features, test_positions, num_positions)).float()
-    mean, std = train_inputs.mean(0), train_inputs.std(0).clamp_min(1e-6)
-    train_inputs, test_inputs = (train_inputs - mean) / std, (test_inputs - mean) / std
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(train_inputs), generator=generator)
-    validation, fit = order[: len(order) // 5], order[len(order) // 5 :]
-    best_validation, best_model = -1.0, None
-    for restart in range(restarts):
-        model = train_mlp(train_inputs[fit], train_labels[fit], num_classes, nn.functional.cross_entropy, epochs,
-                          hidden, seed + 1 + restart)
-        with torch.no_grad():
-            accuracy = float((model(train_inputs[validation]).argmax(1) == train_labels[validation]).float().mean())
-        if accuracy > best_validation:
-            best_validation, best_model = accuracy, model
+    train_inputs, test_inputs = standardised_inputs(train_features, train_positions, test_features, test_positions)
+    model = best_of_restarts(train_inputs, train_labels, num_classes, nn.functional.cross_entropy, argmax_accuracy,
+                             restarts, epochs, hidden, seed)
     with torch.no_grad():
-        return float((best_model(test_inputs).argmax(1) == test_labels).float().mean())
+        return argmax_accuracy(model(test_inputs), test_labels)
 
 
 def scored_result(scheme: str, attacker: str, accuracy: float, samples: int, chance: float, receiver_accuracy: float,

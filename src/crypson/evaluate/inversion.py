@@ -31,8 +31,8 @@ from crypson.evaluate.attacks import (
     make_ciphertexts,
     payload_features,
     scored_result,
-    train_mlp,
 )
+from crypson.evaluate.learned import best_of_restarts, standardised_inputs
 from crypson.evaluate.metrics import psnr_per_image
 from crypson.inference import chunked, inference_chunk
 
@@ -74,11 +74,6 @@ def score_images(attacker: str, scheme: str, images: torch.Tensor, receiver: tor
                                 len(images))
 
 
-def _one_hot_inputs(features: torch.Tensor, positions: torch.Tensor, num_positions: int) -> torch.Tensor:
-    one_hot = nn.functional.one_hot(positions.clamp(max=num_positions - 1), num_positions).float()
-    return torch.cat([features.float(), one_hot], dim=1)  # (N, d + P)
-
-
 def learned_latent_inversion(
     train_features: torch.Tensor,
     train_positions: torch.Tensor,
@@ -90,33 +85,26 @@ def learned_latent_inversion(
     hidden: int = 128,
     seed: int = 0,
 ) -> torch.Tensor:
-    """Regress the latent from standardised (ciphertext, position one-hot); best of `restarts` on a 20%
-    validation split of the training pairs (as `attacks.learned_inversion_attack` picks its classifier).
+    """Regress the standardised latent from standardised (ciphertext, position one-hot); best of `restarts`
+    by mean squared error on a validation split of the training pairs (crypson.evaluate.learned).
 
     Returns:
         (N_test, d) float32 predicted latents.
     """
     if restarts < 1 or len(train_features) < 5:
         raise ValueError(f"need restarts >= 1 and >= 5 training pairs, got {restarts} and {len(train_features)}")
-    num_positions = int(max(train_positions.max(), test_positions.max())) + 1
-    train_inputs = _one_hot_inputs(train_features, train_positions, num_positions)
-    test_inputs = _one_hot_inputs(test_features, test_positions, num_positions)
-    mean, std = train_inputs.mean(0), train_inputs.std(0).clamp_min(1e-6)
-    train_inputs, test_inputs = (train_inputs - mean) / std, (test_inputs - mean) / std
+    train_inputs, test_inputs = standardised_inputs(train_features, train_positions, test_features, test_positions)
     target_mean, target_std = train_latents.mean(0), train_latents.std(0).clamp_min(1e-6)
     targets = (train_latents - target_mean) / target_std
-    order = torch.randperm(len(train_inputs), generator=torch.Generator().manual_seed(seed))
-    validation, fit = order[: len(order) // 5], order[len(order) // 5 :]
-    best_error, best_model = math.inf, None
-    for restart in range(restarts):
-        model = train_mlp(train_inputs[fit], targets[fit], targets.shape[1], nn.functional.mse_loss, epochs, hidden,
-                          seed + 1 + restart)
-        with torch.no_grad():
-            error = float(nn.functional.mse_loss(model(train_inputs[validation]), targets[validation]))
-        if error < best_error:
-            best_error, best_model = error, model
+    model = best_of_restarts(train_inputs, targets, targets.shape[1], nn.functional.mse_loss, _negative_error,
+                             restarts, epochs, hidden, seed)
     with torch.no_grad():
-        return (best_model(test_inputs) * target_std + target_mean).float()
+        return (model(test_inputs) * target_std + target_mean).float()
+
+
+def _negative_error(predicted: torch.Tensor, targets: torch.Tensor) -> float:
+    """The validation score of a latent regressor: minus its mean squared error."""
+    return -float(nn.functional.mse_loss(predicted, targets))
 
 
 def _decode(decoder: nn.Module, latents: torch.Tensor) -> torch.Tensor:
