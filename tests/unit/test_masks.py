@@ -228,6 +228,10 @@ def test_bad_settings():
         get_scheme("keyed-gaussian", gaussian_sigma=-1.0)
     with pytest.raises(ValueError, match="modular_range.*0"):
         get_scheme("keyed-modular", modular_range=0)
+    with pytest.raises(ValueError, match="gaussian_sigma must be a positive finite number, got inf"):
+        get_scheme("keyed-gaussian", gaussian_sigma=float("inf"))
+    with pytest.raises(ValueError, match="modular_range must be a positive finite number, got '6'"):
+        get_scheme("keyed-modular", modular_range="6")
     with pytest.raises(ValueError, match="even latent_dim.*7"):
         get_scheme("report", latent_dim=7)
     with pytest.raises(ValueError, match=r"integers in \[0, 65535\]"):

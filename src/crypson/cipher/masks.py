@@ -62,6 +62,13 @@ def _keystream_words(mask_key: bytes, count: int, word: str) -> np.ndarray:
     return np.frombuffer(stream, dtype=word).astype(np.dtype(word).newbyteorder("="))
 
 
+def _positive_setting(setting: str, value: object) -> float:
+    """`value` as a float when it is a positive finite number; a ValueError naming the setting otherwise."""
+    if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{setting} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
 class MaskScheme(abc.ABC):
     """Masks the latents of one message into payload bytes and removes the mask again.
 
@@ -249,9 +256,7 @@ class KeyedGaussianMask(MaskScheme):
 
     def __init__(self, latent_dim: int, gaussian_sigma: float = 4.0) -> None:
         super().__init__(latent_dim)
-        if not (isinstance(gaussian_sigma, numbers.Real) and math.isfinite(gaussian_sigma) and gaussian_sigma > 0):
-            raise ValueError(f"gaussian_sigma must be a positive finite number, got {gaussian_sigma!r}")
-        self.sigma = float(gaussian_sigma)
+        self.sigma = _positive_setting("gaussian_sigma", gaussian_sigma)
 
     def setting_values(self) -> dict[str, float]:
         return {"gaussian_sigma": self.sigma}
@@ -303,9 +308,7 @@ class KeyedModularMask(MaskScheme):
 
     def __init__(self, latent_dim: int, modular_range: float = 6.0) -> None:
         super().__init__(latent_dim)
-        if not (isinstance(modular_range, numbers.Real) and math.isfinite(modular_range) and modular_range > 0):
-            raise ValueError(f"modular_range must be a positive finite number, got {modular_range!r}")
-        self.range = float(modular_range)
+        self.range = _positive_setting("modular_range", modular_range)
 
     def setting_values(self) -> dict[str, float]:
         return {"modular_range": self.range}
