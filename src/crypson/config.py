@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from crypson.cipher.envelope import SCHEME_IDS
+
 SPLITS = ("balanced", "bymerge", "byclass", "letters", "digits", "mnist")
 
 
@@ -161,12 +163,20 @@ class PromoteConfig(_Section):
 
 
 class CipherConfig(_Section):
-    scheme: Literal["report", "keyed-timestep", "keyed-gaussian", "keyed-modular"] = "keyed-modular"
+    # The registered mask schemes (crypson.cipher.masks.MASK_SCHEMES), by the names the envelope gives
+    # wire ids: the same list (tested), readable here without importing torch.
+    scheme: Literal[SCHEME_IDS] = "keyed-modular"  # type: ignore[valid-type]
+    # The schemes' settings (masks.MASK_SETTINGS): each scheme takes its own from `scheme_settings`.
     gaussian_sigma: float = Field(4.0, gt=0, le=1000)
     modular_range: float = Field(6.0, gt=0, le=1000)
     models: str = Field("champion", min_length=1)  # registry alias, or a folder holding models/
     # cGAN images drawn for every character; the sender sends the one its classifier reads back best
     candidates: int = Field(6, ge=1, le=64, strict=True)
+
+    @property
+    def scheme_settings(self) -> dict[str, float]:
+        """The mask schemes' settings as `masks.get_scheme` takes them."""
+        return {"gaussian_sigma": self.gaussian_sigma, "modular_range": self.modular_range}
 
 
 class TrackingConfig(_Section):

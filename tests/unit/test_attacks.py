@@ -2,6 +2,7 @@
 and a fixed nearest-centroid receiver (accuracy ~1). The report scheme must come out broken, keyed-modular
 at chance, and the statistics must match hand-computed values."""
 
+import dataclasses
 import inspect
 import math
 
@@ -13,6 +14,7 @@ from torch import nn
 from crypson.cipher.codec import encrypt
 from crypson.cipher.masks import UINT16_MODULUS, get_scheme
 from crypson.evaluate.attacks import (
+    AttackData,
     AttackResult,
     advantage,
     known_model_attack,
@@ -35,6 +37,7 @@ from crypson.evaluate.inversion import (
     nonce_reuse_suite,
     score_images,
 )
+from crypson.evaluate.learned import argmax_accuracy, best_of_restarts, standardised_inputs, train_mlp
 from crypson.evaluate.report import (
     EndToEnd,
     SenderCheck,
@@ -165,11 +168,64 @@ def test_fresh_uniform_mask_is_at_chance_for_learned_inversion(data):
     assert advantage(accuracy, CHANCE, receiver_accuracy) <= 0.1
 
 
-def test_suite_report_broken_and_keyed_modular_at_chance(data):
+def _attack_data(data, train: int | None = None, test: int | None = None) -> AttackData:
+    """The fixture's characters (the first `train` and `test` of them) as the suites take them."""
     (train_latents, train_labels), (test_latents, test_labels), receiver, receiver_accuracy = data
+    return AttackData(train_latents[:train], train_labels[:train], test_latents[:test], test_labels[:test], receiver,
+                      receiver_accuracy, NUM_CLASSES)
+
+
+def test_attack_data_checks_its_shapes_and_gives_chance(data):
+    attack_data = _attack_data(data)
+    assert attack_data.chance == CHANCE and attack_data.message_length == 16
+    result = dataclasses.replace(attack_data, receiver_accuracy=0.75).scored("report", "known-model", 0.625, "n")
+    assert (result.scheme, result.attacker, result.note, result.samples) == ("report", "known-model", "n", 2000)
+    assert result.advantage == pytest.approx(0.75)  # (0.625 - 0.25) / (0.75 - 0.25)
+    assert (result.ci_low, result.ci_high) == wilson_interval(1250, 2000)
+    with pytest.raises(ValueError, match="differ in length: train 2000 vs 10"):
+        AttackData(attack_data.train_latents, attack_data.train_labels[:10], attack_data.test_latents,
+                   attack_data.test_labels, attack_data.classifier, 0.9, NUM_CLASSES)
+    with pytest.raises(ValueError, match="num_classes >= 2, got 2000 and 1"):
+        dataclasses.replace(attack_data, num_classes=1)
+
+
+def test_learned_attackers_inputs_are_standardised_features_and_position_one_hots():
+    features = torch.tensor([[1.0, 10.0], [3.0, 10.0], [5.0, 10.0], [7.0, 10.0]])
+    positions = torch.tensor([0, 1, 0, 2])
+    train, test = standardised_inputs(features, positions, features[:1] + 2, torch.tensor([5]))
+    assert train.shape == (4, 2 + 6) and test.shape == (1, 8)  # positions 0..5: six one-hot columns
+    torch.testing.assert_close(train.mean(0), torch.zeros(8))
+    assert train[:, 0].tolist() == pytest.approx([-1.1619, -0.3873, 0.3873, 1.1619], abs=1e-4)  # (x - 4) / 2.582
+    assert train[:, 1].abs().max() == 0  # a constant column stays 0 (its std is clamped to 1e-6)
+    assert test[0, 0].item() == pytest.approx(-0.3873, abs=1e-4) and test[0, 7] > 0 and (test[0, 2:7] <= 0).all()
+
+
+def test_best_of_restarts_keeps_the_restart_with_the_best_validation_score():
+    inputs = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    targets = (inputs[:, 0] > 0).long()
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(7))  # the split it draws under seed 7
+    validation, fit = order[:10], order[10:]
+    candidates = [train_mlp(inputs[fit], targets[fit], 2, nn.functional.cross_entropy, 2, 8, 7 + 1 + restart)
+                  for restart in range(3)]  # its restarts' seeds: 8, 9, 10
+
+    def score(predicted: torch.Tensor, _: torch.Tensor) -> float:  # any score: the sum of the first logit
+        return float(predicted[:, 0].sum())
+
+    with torch.no_grad():
+        scores = [score(candidate(inputs[validation]), targets[validation]) for candidate in candidates]
+    best = scores.index(max(scores))
+    assert best != 0  # so that keeping the first restart would fail
+    chosen = best_of_restarts(inputs, targets, 2, nn.functional.cross_entropy, score, 3, 2, 8, seed=7)
+    with torch.no_grad():
+        assert torch.equal(chosen(inputs), candidates[best](inputs))
+    assert argmax_accuracy(torch.tensor([[0.0, 1.0], [2.0, 1.0]]), torch.tensor([1, 1])) == 0.5
+    with pytest.raises(ValueError, match="restarts must be >= 1, got 0"):
+        best_of_restarts(inputs, targets, 2, nn.functional.cross_entropy, score, 0, 2, 8, seed=7)
+
+
+def test_suite_report_broken_and_keyed_modular_at_chance(data):
     schemes = ("report", "keyed-timestep", "keyed-gaussian", "keyed-modular")
-    results = run_attack_suite(schemes, train_latents, train_labels, test_latents, test_labels, receiver,
-                               receiver_accuracy, NUM_CLASSES, quick=True)
+    results = run_attack_suite([get_scheme(name) for name in schemes], _attack_data(data), quick=True)
     assert all(isinstance(result, AttackResult) and result.samples == 2000 for result in results)
     by_key = {(result.scheme, result.attacker): result for result in results}
     attackers = ("known-model", "linear-probe", "learned-inversion", "known-plaintext")
@@ -181,9 +237,6 @@ def test_suite_report_broken_and_keyed_modular_at_chance(data):
         assert result.advantage <= 0.1, result
         assert result.ci_low <= result.chance <= result.ci_high, result
     assert "information bound" in by_key[("keyed-gaussian", "known-model")].note
-    with pytest.raises(ValueError, match="differ in length"):
-        run_attack_suite(["report"], train_latents, train_labels[:10], test_latents, test_labels, receiver,
-                         receiver_accuracy, NUM_CLASSES, quick=True)
 
 
 # --- image inversion, nonce reuse, the report ---------------------------------------------------------
@@ -219,9 +272,8 @@ def test_learned_latent_inversion_recovers_an_identity_cipher_and_not_noise(data
 
 
 def test_image_inversion_suite_report_exact_keyed_modular_no_better_than_the_mean_image(data):
-    (train_latents, _), (test_latents, _), _, _ = data
-    results = image_inversion_suite(["report", "keyed-modular"], train_latents[:1000], test_latents[:500],
-                                    _fixed_decoder(), restarts=1, epochs=5)
+    schemes = [get_scheme("report"), get_scheme("keyed-modular")]
+    results = image_inversion_suite(schemes, _attack_data(data, 1000, 500), _fixed_decoder(), restarts=1, epochs=5)
     by_key = {(r.scheme, r.attacker): r for r in results}
     assert set(by_key) == {("keyless", "mean-image")} | {(s, a) for s in ("report", "keyed-modular")
                                                   for a in ("known-model", "learned-inversion")}
@@ -243,9 +295,8 @@ def test_latent_difference_reads_modular_words_as_signed():
 
 
 def test_nonce_reuse_breaks_keyed_schemes_and_fresh_nonces_do_not(data):
-    (train_latents, train_labels), (test_latents, test_labels), receiver, receiver_accuracy = data
-    results = nonce_reuse_suite(["keyed-gaussian", "keyed-modular"], train_latents, train_labels, test_latents,
-                                test_labels, receiver, receiver_accuracy, NUM_CLASSES, seed=0)
+    _, (test_latents, test_labels), receiver, _ = data
+    results = nonce_reuse_suite([get_scheme("keyed-gaussian"), get_scheme("keyed-modular")], _attack_data(data), seed=0)
     for result in results:
         assert result.masks_identical, result
         assert result.reused.attacker == "nonce-reuse" and result.reused.advantage >= 0.9, result.reused

@@ -99,9 +99,9 @@ def test_mask_settings_travel_in_the_authenticated_header(models, fixed_randomne
     key = generate_key()
     envelope, = codec.encrypt(models, ["AB"], key, get_scheme("keyed-gaussian", gaussian_sigma=9.0),
                               allow_misread=True)
-    assert envelope.models[codec.SIGMA_KEY] == "9.0"
+    assert envelope.models["mask.gaussian_sigma"] == "9.0" and "mask.modular_range" not in envelope.models
     assert codec.scheme_for(envelope, 8).sigma == 9.0
-    tampered = dataclasses.replace(envelope, models={**envelope.models, codec.SIGMA_KEY: "1.0"})
+    tampered = dataclasses.replace(envelope, models={**envelope.models, "mask.gaussian_sigma": "1.0"})
     with pytest.raises(AuthenticationError):
         codec.decrypt(models, [tampered], key)
 

@@ -95,10 +95,23 @@ def test_deep_merge_and_section_params():
     assert not any(key.startswith("cgan.") for key in flat)
 
 
-def test_config_knows_exactly_the_cipher_schemes():
+def test_config_knows_exactly_the_registered_schemes_and_their_settings():
     from typing import get_args
 
-    from crypson.cipher.envelope import SCHEMES
+    from crypson.cipher.masks import MASK_SCHEMES, MASK_SETTINGS
     from crypson.config import CipherConfig
 
-    assert set(get_args(CipherConfig.model_fields["scheme"].annotation)) == set(SCHEMES)
+    assert get_args(CipherConfig.model_fields["scheme"].annotation) == tuple(MASK_SCHEMES)
+    settings = parse_config({"cipher": {"gaussian_sigma": 2.5, "modular_range": 3.0}}).cipher.scheme_settings
+    assert settings == {"gaussian_sigma": 2.5, "modular_range": 3.0} and tuple(settings) == MASK_SETTINGS
+    for name in MASK_SCHEMES:
+        assert parse_config({"cipher": {"scheme": name}}).cipher.scheme == name
+
+
+def test_config_refuses_an_unknown_scheme_naming_it_and_the_valid_ones():
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"cipher": {"scheme": "rot13"}})
+    message = str(refused.value)
+    assert "cipher.scheme" in message and "'rot13'" in message
+    for name in ("report", "keyed-timestep", "keyed-gaussian", "keyed-modular"):
+        assert f"'{name}'" in message

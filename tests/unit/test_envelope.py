@@ -12,7 +12,7 @@ from crypson.cipher.envelope import (
     FIXED_BYTES,
     FORMAT_VERSION,
     HEADER_BYTES,
-    SCHEMES,
+    SCHEME_IDS,
     AuthenticationError,
     CiphertextError,
     Envelope,
@@ -49,7 +49,7 @@ def _open(envelope: Envelope, key: SecretKey = KEY) -> None:
 
 # --- round trips and sizes -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", SCHEME_IDS)
 def test_binary_round_trip(scheme: str) -> None:
     envelope = _sealed(scheme=scheme)
     parsed = from_bytes(to_bytes(envelope))
@@ -97,10 +97,18 @@ def test_binary_size_is_fixed_header_plus_variable_parts() -> None:
     assert per_character == 16.125 <= 24
 
 
+def test_scheme_wire_ids_never_change() -> None:
+    """Sent ciphertexts carry these ids: a new scheme is appended, none is ever reordered or removed."""
+    assert SCHEME_IDS[:4] == ("report", "keyed-timestep", "keyed-gaussian", "keyed-modular")
+    for scheme_id, scheme in enumerate(SCHEME_IDS):
+        assert to_bytes(_sealed(scheme=scheme))[5] == scheme_id
+        assert from_bytes(to_bytes(_sealed(scheme=scheme))).scheme == scheme
+
+
 def test_binary_layout_fields() -> None:
     envelope = _sealed(scheme="keyed-modular")
     data = to_bytes(envelope)
-    assert data[:4] == b"CRYP" and data[4] == 2 and data[5] == SCHEMES.index("keyed-modular") == 3
+    assert data[:4] == b"CRYP" and data[4] == 2 and data[5] == SCHEME_IDS.index("keyed-modular") == 3
     assert data[6:22] == envelope.nonce
     assert data[22:38] == envelope.stream == envelope.nonce
     assert int.from_bytes(data[38:42], "big") == 0 and data[42] == 1  # part 0, final

@@ -1,4 +1,5 @@
-"""Mask schemes: round trips, payload sizes, what a wrong key gives, and keyed-modular's uniformity."""
+"""Mask schemes: the registry, round trips, payload sizes, what a wrong key gives, and keyed-modular's
+uniformity."""
 
 import math
 
@@ -7,8 +8,9 @@ import pytest
 import torch
 from scipy import stats
 
-from crypson.cipher.masks import (SCHEMES, KeyedGaussianMask, KeyedModularMask, get_scheme,
-                                  public_timestep_embedding)
+from crypson.cipher.envelope import SCHEME_IDS
+from crypson.cipher.masks import (MASK_SCHEMES, MASK_SETTINGS, SCHEMES, KeyedGaussianMask, KeyedModularMask,
+                                  get_scheme, public_timestep_embedding)
 
 KEYED = ("keyed-timestep", "keyed-gaussian", "keyed-modular")
 
@@ -19,6 +21,51 @@ def _latents(count: int, seed: int = 0, dim: int = 8) -> torch.Tensor:
 
 def _key(seed: int) -> bytes:
     return np.random.default_rng(seed).bytes(32)
+
+
+def test_the_registry_is_the_envelopes_wire_ids_in_order():
+    assert SCHEMES == tuple(MASK_SCHEMES) == SCHEME_IDS
+    assert all(scheme.name == name for name, scheme in MASK_SCHEMES.items())
+
+
+def test_each_scheme_knows_its_payload_type_settings_and_exactness():
+    known = {name: (scheme.payload_dtype, scheme.exact, scheme.settings, scheme.keyed)
+             for name, scheme in MASK_SCHEMES.items()}
+    assert known == {"report": (">f4", False, (), False), "keyed-timestep": (">f4", False, (), True),
+                     "keyed-gaussian": (">f2", False, ("gaussian_sigma",), True),
+                     "keyed-modular": (">u2", True, ("modular_range",), True)}
+    assert MASK_SETTINGS == ("gaussian_sigma", "modular_range")
+
+
+@pytest.mark.parametrize("name", SCHEMES)
+def test_every_registered_scheme_round_trips_through_its_payload_type(name):
+    scheme, latents, key = get_scheme(name), _latents(40) * 2, _key(4)
+    payload = scheme.mask(latents, key)
+    masked = np.frombuffer(payload, scheme.payload_dtype)  # the payload is exactly N * d such numbers
+    assert masked.size == 40 * 8 and len(payload) == masked.nbytes
+    recovered = scheme.unmask(payload, 40, key)
+    if scheme.exact:  # integer words: the receiver gets exactly `received`, whatever the key
+        assert masked.dtype.kind == "u" and torch.equal(recovered, scheme.received(latents))
+    else:  # the masked value rounded to the payload's float format, nothing more
+        assert masked.dtype.kind == "f" and torch.equal(scheme.received(latents), latents)
+        rounding = np.spacing(np.abs(masked).astype(masked.dtype.newbyteorder("="))).astype(np.float64) / 2
+        assert ((recovered - latents).abs().numpy().reshape(-1) <= rounding + 1e-6).all()
+
+
+def test_settings_reach_the_schemes_that_take_them():
+    # One set of settings builds any scheme; each takes its own.
+    built = {name: get_scheme(name, 4, gaussian_sigma=2.5, modular_range=3.0) for name in SCHEMES}
+    assert {name: scheme.setting_values() for name, scheme in built.items()} == {
+        "report": {}, "keyed-timestep": {}, "keyed-gaussian": {"gaussian_sigma": 2.5},
+        "keyed-modular": {"modular_range": 3.0}}
+    assert built["keyed-gaussian"].sigma == 2.5 and built["keyed-modular"].range == 3.0
+    assert all(scheme.latent_dim == 4 for scheme in built.values())
+    assert get_scheme("keyed-gaussian").setting_values() == {"gaussian_sigma": 4.0}  # the default when not given
+
+
+def test_an_unknown_setting_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown mask setting.*sigma; allowed: gaussian_sigma, modular_range"):
+        get_scheme("keyed-gaussian", sigma=2.0)
 
 
 @pytest.mark.parametrize("name", SCHEMES)
@@ -181,6 +228,10 @@ def test_bad_settings():
         get_scheme("keyed-gaussian", gaussian_sigma=-1.0)
     with pytest.raises(ValueError, match="modular_range.*0"):
         get_scheme("keyed-modular", modular_range=0)
+    with pytest.raises(ValueError, match="gaussian_sigma must be a positive finite number, got inf"):
+        get_scheme("keyed-gaussian", gaussian_sigma=float("inf"))
+    with pytest.raises(ValueError, match="modular_range must be a positive finite number, got '6'"):
+        get_scheme("keyed-modular", modular_range="6")
     with pytest.raises(ValueError, match="even latent_dim.*7"):
         get_scheme("report", latent_dim=7)
     with pytest.raises(ValueError, match=r"integers in \[0, 65535\]"):

@@ -126,8 +126,7 @@ def encrypt(
             raise ValueError(f"--binary holds one message, got {len(messages)} lines; use JSON lines (the default)")
         _tracking(config)
         loaded = _models(models or config.cipher.models, "cpu")
-        mask = get_scheme(scheme_name, loaded.vae.latent_dim, gaussian_sigma=config.cipher.gaussian_sigma,
-                          modular_range=config.cipher.modular_range)
+        mask = get_scheme(scheme_name, loaded.vae.latent_dim, **config.cipher.scheme_settings)
         envelopes = encrypt_texts(loaded, messages, key, mask, replace, config.cipher.candidates, allow_misread)
     except (ConfigError, AlphabetError, LookupError, OSError, ValueError) as error:
         _fail(str(error))
@@ -211,11 +210,10 @@ def serve_register(
         # The bundle is logged in the pipeline's experiment, beside the models it bundles (not in Default).
         uri = os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.tracking_uri
         mlflow_experiment = tracking.configure(uri, config.tracking.experiment, Path(config.tracking.artifact_dir))
-        settings = {"gaussian_sigma": config.cipher.gaussian_sigma, "modular_range": config.cipher.modular_range}
         if config.cipher.scheme == "report":
             raise ValueError("refusing to serve the insecure 'report' baseline scheme")
-        version = register_service(alias, config.cipher.scheme, settings, config.cipher.candidates, allow_misread,
-                                   tuple(op.strip() for op in operations.split(",") if op.strip()),
+        version = register_service(alias, config.cipher.scheme, config.cipher.scheme_settings, config.cipher.candidates,
+                                   allow_misread, tuple(op.strip() for op in operations.split(",") if op.strip()),
                                    experiment_id=mlflow_experiment)
     except (ConfigError, LookupError, ValueError, tracking.TrackingUnavailableError) as error:
         _fail(str(error))

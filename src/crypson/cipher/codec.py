@@ -27,16 +27,16 @@ import torch
 from crypson.cipher.alphabet import Alphabet
 from crypson.cipher.envelope import Envelope, check_stream, seal, verify
 from crypson.cipher.keys import SecretKey, derive_message_keys, new_nonce, xor_with_stream
-from crypson.cipher.masks import MaskScheme, get_scheme
-from crypson.inference import inference_chunk
+from crypson.cipher.masks import MASK_SETTINGS, MaskScheme, get_scheme
+from crypson.inference import chunked, inference_chunk
 from crypson.models.cgan import Generator
 from crypson.models.classifier import LatentClassifier
 from crypson.models.vae import VAE
 
 MODEL_KINDS = ("cgan", "vae", "classifier")
-# Mask settings travel in the authenticated header next to the model versions, so a receiver
-# never unmasks with a scale other than the sender's.
-SIGMA_KEY, RANGE_KEY = "mask.gaussian_sigma", "mask.modular_range"
+# Mask settings travel in the authenticated header next to the model versions, as "mask.<setting>"
+# (e.g. mask.gaussian_sigma), so a receiver never unmasks with a scale other than the sender's.
+SETTING_PREFIX = "mask."
 # Candidate images per character; params.yaml's cipher.candidates sets it from the measured
 # single-image accuracy (the security-and-quality report shows the calculation).
 DEFAULT_CANDIDATES = 6  # params.yaml cipher.candidates (tests/unit/test_config.py holds them equal)
@@ -101,32 +101,29 @@ def fresh_noise_source(models: CipherModels) -> torch.Generator:
     return torch.Generator(device=models.device).manual_seed(secrets.randbits(63))
 
 
-@torch.no_grad()
 def encode_characters(models: CipherModels, class_index: torch.Tensor, batch_size: int | None = None,
                       noise_source: torch.Generator | None = None) -> torch.Tensor:
     """class indices (N,) -> VAE posterior means (N, d) of freshly generated images, on CPU.
 
     batch_size: images per forward pass; None: what suits the device (crypson.inference).
-    noise_source: the cGAN's noise generator (on the models' device); None draws a fresh seed.
+    noise_source: the cGAN's noise generator (on the models' device); None draws a fresh seed. Each
+        chunk draws its noise in turn.
     """
-    latents = []
-    batch_size = batch_size or inference_chunk(models.device)
     noise_source = noise_source if noise_source is not None else fresh_noise_source(models)
-    for start in range(0, len(class_index), batch_size):
-        labels = class_index[start : start + batch_size].to(models.device)
+
+    def encode(labels: torch.Tensor) -> torch.Tensor:
+        labels = labels.to(models.device)
         noise = models.generator.sample_noise(len(labels), noise_source)
         images = models.generator.to_unit_range(models.generator(noise, labels))  # (B, 1, 32, 32) in [0, 1]
-        latents.append(models.vae.encode_mean(images).float().cpu())
-    return torch.cat(latents) if latents else torch.zeros(0, models.vae.latent_dim)
+        return models.vae.encode_mean(images).float().cpu()
+
+    return chunked(encode, class_index, batch_size or inference_chunk(models.device))
 
 
-@torch.no_grad()
 def receiver_logits(models: CipherModels, latents: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """latents (N, d) -> the receiver's classifier logits (N, K), on CPU."""
-    batch_size = batch_size or inference_chunk(models.device)
-    logits = [models.classifier(latents[s : s + batch_size].to(models.device)).float().cpu()
-              for s in range(0, len(latents), batch_size)]
-    return torch.cat(logits) if logits else torch.zeros(0, len(models.classes))
+    return chunked(lambda batch: models.classifier(batch.to(models.device)).float().cpu(), latents,
+                   batch_size or inference_chunk(models.device))
 
 
 def classify_latents(models: CipherModels, latents: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
@@ -193,12 +190,9 @@ def draw_candidates(models: CipherModels, class_index: torch.Tensor, candidates:
 
 
 def _context(models: CipherModels, scheme: MaskScheme) -> dict[str, str]:
-    context = dict(models.versions)
-    if scheme.name == "keyed-gaussian":
-        context[SIGMA_KEY] = repr(float(scheme.sigma))
-    if scheme.name == "keyed-modular":
-        context[RANGE_KEY] = repr(float(scheme.range))
-    return context
+    """The envelope's authenticated `models` field: the model versions and the scheme's settings."""
+    settings = {SETTING_PREFIX + name: repr(float(value)) for name, value in scheme.setting_values().items()}
+    return {**models.versions, **settings}
 
 
 def encrypt(models: CipherModels, texts: list[str], key: SecretKey, scheme: MaskScheme,
@@ -257,11 +251,8 @@ def encrypt(models: CipherModels, texts: list[str], key: SecretKey, scheme: Mask
 
 def scheme_for(envelope: Envelope, latent_dim: int) -> MaskScheme:
     """The mask scheme an (authenticated) envelope names, with its recorded settings."""
-    settings = {}
-    if SIGMA_KEY in envelope.models:
-        settings["gaussian_sigma"] = float(envelope.models[SIGMA_KEY])
-    if RANGE_KEY in envelope.models:
-        settings["modular_range"] = float(envelope.models[RANGE_KEY])
+    settings = {name: float(envelope.models[SETTING_PREFIX + name]) for name in MASK_SETTINGS
+                if SETTING_PREFIX + name in envelope.models}
     return get_scheme(envelope.scheme, latent_dim, **settings)
 
 
@@ -281,7 +272,7 @@ def decrypt(models: CipherModels, envelopes: list[Envelope], key: SecretKey,
     for envelope in envelopes:
         keys = derive_message_keys(key, envelope.nonce)
         verify(envelope, keys.mac_key)
-        wanted = {k: v for k, v in envelope.models.items() if not k.startswith("mask.")}
+        wanted = {k: v for k, v in envelope.models.items() if not k.startswith(SETTING_PREFIX)}
         loaded = {k: models.versions.get(k) for k in wanted}
         if models.versions and wanted != loaded:
             raise ModelMismatchError(f"the ciphertext was made with models {wanted}, the loaded ones are {loaded}")

@@ -5,7 +5,7 @@ Binary layout (all integers big-endian):
     offset  size  field
     0       4     magic b"CRYP"
     4       1     format version (1)
-    5       1     scheme id (index into SCHEMES)
+    5       1     scheme id (index into SCHEME_IDS)
     6       16    nonce
     22      16    stream: id shared by the parts of one encryption (a one-part stream uses its nonce)
     38      4     part: this message's index in its stream (uint32, from 0)
@@ -48,7 +48,10 @@ from cryptography.hazmat.primitives import hashes, hmac
 from crypson.cipher.keys import KEY_BYTES, NONCE_BYTES
 
 FORMAT_VERSION = 2  # 2: stream, part and final under the tag (1 had none)
-SCHEMES = ("report", "keyed-timestep", "keyed-gaussian", "keyed-modular")  # position = stable one-byte id
+# Each mask scheme's one-byte id on the wire is its position here. Append only: every ciphertext already
+# sent carries its scheme's id, so a reordered, renamed or removed entry would misread it. The schemes
+# themselves are registered in crypson.cipher.masks, in this order (tested).
+SCHEME_IDS = ("report", "keyed-timestep", "keyed-gaussian", "keyed-modular")
 MAGIC = b"CRYP"
 TAG_BYTES = 32  # HMAC-SHA256 output
 MAC_KEY_BYTES = KEY_BYTES
@@ -82,7 +85,7 @@ class UnsupportedVersionError(CiphertextError):
 
 
 class UnknownSchemeError(CiphertextError):
-    """A mask scheme id or name outside SCHEMES."""
+    """A mask scheme id or name outside SCHEME_IDS."""
 
 
 class StreamError(CiphertextError):
@@ -102,7 +105,7 @@ class Envelope:
 
     Attributes:
         version: format version (FORMAT_VERSION).
-        scheme: mask scheme name, one of SCHEMES.
+        scheme: mask scheme name, one of SCHEME_IDS.
         nonce: 16 random bytes, fresh per message (HKDF salt for its subkeys).
         models: registered model name -> version that decrypt it (plus mask settings).
         count: number of characters.
@@ -173,8 +176,8 @@ def _check_version(version: object) -> None:
 
 
 def _check_scheme(scheme: object) -> None:
-    if scheme not in SCHEMES:
-        raise UnknownSchemeError(f"unknown mask scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
+    if scheme not in SCHEME_IDS:
+        raise UnknownSchemeError(f"unknown mask scheme {scheme!r}; allowed: {', '.join(SCHEME_IDS)}")
 
 
 def _checked_models(models: object) -> dict[str, str]:
@@ -202,7 +205,7 @@ def authenticated_bytes(envelope: Envelope) -> bytes:
     these bytes followed by the tag.
     """
     models = _models_json(envelope.models)
-    header = _HEADER.pack(MAGIC, envelope.version, SCHEMES.index(envelope.scheme), envelope.nonce,
+    header = _HEADER.pack(MAGIC, envelope.version, SCHEME_IDS.index(envelope.scheme), envelope.nonce,
                           envelope.stream, envelope.part, int(envelope.final), envelope.count, len(models))
     return b"".join((header, models, envelope.flags, _PAYLOAD_LENGTH.pack(len(envelope.payload)), envelope.payload))
 
@@ -222,7 +225,7 @@ def seal(scheme: str, nonce: bytes, models: Mapping[str, str], count: int, flags
     """Build an envelope and tag it (encrypt-then-MAC: `flags` and `payload` are already encrypted).
 
     Args:
-        scheme: mask scheme name, one of SCHEMES.
+        scheme: mask scheme name, one of SCHEME_IDS.
         nonce: the 16-byte nonce the message's subkeys were derived from.
         models: registered model name -> version needed to decrypt.
         count: number of characters.
@@ -290,7 +293,7 @@ def from_bytes(data: bytes) -> Envelope:
     Raises:
         FormatError: not a Crypson ciphertext, truncated, trailing bytes or malformed models JSON.
         UnsupportedVersionError: another format version (checked before anything else is read).
-        UnknownSchemeError: a scheme id outside SCHEMES.
+        UnknownSchemeError: a scheme id outside SCHEME_IDS.
     """
     data = _as_bytes(data, "ciphertext")
     _check_size(len(data))
@@ -299,9 +302,9 @@ def from_bytes(data: bytes) -> Envelope:
     version = _take(data, 4, 1, "version")[0]
     _check_version(version)
     scheme_id = _take(data, 5, 1, "scheme id")[0]
-    if scheme_id >= len(SCHEMES):
+    if scheme_id >= len(SCHEME_IDS):
         raise UnknownSchemeError(f"unknown mask scheme id {scheme_id}; allowed: "
-                                 + ", ".join(f"{i} ({name})" for i, name in enumerate(SCHEMES)))
+                                 + ", ".join(f"{i} ({name})" for i, name in enumerate(SCHEME_IDS)))
     _, _, _, nonce, stream, part, final, count, models_length = _HEADER.unpack(_take(data, 0, HEADER_BYTES, "header"))
     if final not in (0, 1):
         raise FormatError(f"final flag must be 0 or 1, got {final}")
@@ -318,7 +321,8 @@ def from_bytes(data: bytes) -> Envelope:
     offset += TAG_BYTES
     if offset != len(data):
         raise FormatError(f"ciphertext has {len(data) - offset} trailing bytes after the tag")
-    return Envelope(version, SCHEMES[scheme_id], nonce, models, count, flags, payload, tag, stream, part, bool(final))
+    return Envelope(version, SCHEME_IDS[scheme_id], nonce, models, count, flags, payload, tag, stream, part,
+                    bool(final))
 
 
 def _parse_models_json(raw: bytes) -> dict[str, str]:
@@ -391,7 +395,7 @@ def from_json(text: str | bytes) -> Envelope:
     Raises:
         FormatError: bad JSON, a missing or unknown field, wrong type or bad base64 (names the field).
         UnsupportedVersionError: "crypson" is not FORMAT_VERSION.
-        UnknownSchemeError: "scheme" is not in SCHEMES.
+        UnknownSchemeError: "scheme" is not in SCHEME_IDS.
     """
     _check_size(len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text))
     try:

@@ -4,15 +4,19 @@ Every scheme turns the (N, d) latents of ONE message into N * bytes_per_characte
 Keyed schemes draw their mask from the message's keyed stream `prf_stream(mask_key, length)`
 (ChaCha20, RFC 8439, keyed by a 32-byte per-message subkey), so masks never repeat across messages.
 
-| scheme           | mask for character i              | payload per component |
-|------------------|-----------------------------------|-----------------------|
-| `report`         | E(t=i), public weights            | float32 (4 bytes)     |
-| `keyed-timestep` | E(t_i), t_i from the keyed stream | float32 (4 bytes)     |
-| `keyed-gaussian` | sigma * N(0, I), keyed stream     | float16 (2 bytes)     |
-| `keyed-modular`  | uniform uint16 added mod 2^16     | uint16 (2 bytes)      |
+| scheme           | mask for character i              | payload per component | settings       |
+|------------------|-----------------------------------|-----------------------|----------------|
+| `report`         | E(t=i), public weights            | float32 (4 bytes)     |                |
+| `keyed-timestep` | E(t_i), t_i from the keyed stream | float32 (4 bytes)     |                |
+| `keyed-gaussian` | sigma * N(0, I), keyed stream     | float16 (2 bytes)     | gaussian_sigma |
+| `keyed-modular`  | uniform uint16 added mod 2^16     | uint16 (2 bytes)      | modular_range  |
 
 E is the report's sinusoidal timestep embedding + MLP with PUBLIC weights (seeded, see
 `public_timestep_embedding`). All payload numbers are big-endian.
+
+`MASK_SCHEMES` is the one registry: name -> class, in the order of the envelope's wire ids
+(`envelope.SCHEME_IDS`, append-only). Each class says what the rest of the code needs to know of
+it: `keyed`, `payload_dtype`, `exact` and `settings`; `get_scheme` builds one by name.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import numbers
 import numpy as np
 import torch
 
-from crypson.cipher.envelope import SCHEMES
 from crypson.cipher.keys import KEY_BYTES, prf_stream
 from crypson.models.timestep import SinusoidalTimestepEmbedding
 
@@ -59,22 +62,45 @@ def _keystream_words(mask_key: bytes, count: int, word: str) -> np.ndarray:
     return np.frombuffer(stream, dtype=word).astype(np.dtype(word).newbyteorder("="))
 
 
+def _positive_setting(setting: str, value: object) -> float:
+    """`value` as a float when it is a positive finite number; a ValueError naming the setting otherwise."""
+    if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{setting} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
 class MaskScheme(abc.ABC):
     """Masks the latents of one message into payload bytes and removes the mask again.
 
-    Subclasses set `name`, `keyed`, `bytes_per_component` and implement `_mask` / `_unmask`;
-    the public `mask` / `unmask` check their arguments first, for every scheme alike.
+    Subclasses set the class attributes below and implement `_mask` / `_unmask`; the public
+    `mask` / `unmask` check their arguments first, for every scheme alike.
+
+    Attributes:
+        name: the scheme's name in params.yaml (`cipher.scheme`) and in ciphertexts.
+        keyed: the mask comes from the message's keyed stream (False: anyone can remove it).
+        payload_dtype: numpy dtype of one payload number, big-endian: ">f4", ">f2" or ">u2".
+        exact: `unmask` returns exactly `received(latents)`: the payload numbers are uint16 words of
+            the latent quantised to `levels` steps over [-range, range], masked mod 2^16. False: the
+            masked value is rounded to a float payload number.
+        settings: the keyword arguments it takes besides `latent_dim` (config.cipher settings of the
+            same names); `setting_values` gives an instance's, which travel under the envelope's tag.
     """
 
     name: str
     keyed: bool
-    bytes_per_component: int
+    payload_dtype: str
+    exact: bool = False
+    settings: tuple[str, ...] = ()
 
     def __init__(self, latent_dim: int) -> None:
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
         self.latent_dim = latent_dim
-        self.bytes_per_character = self.bytes_per_component * latent_dim
+        self.bytes_per_character = np.dtype(self.payload_dtype).itemsize * latent_dim
+
+    def setting_values(self) -> dict[str, float]:
+        """This instance's settings, by the names in `settings`."""
+        return {}
 
     def mask(self, latents: torch.Tensor, mask_key: bytes | None) -> bytes:
         """Hide a message's latents.
@@ -151,7 +177,7 @@ class MaskScheme(abc.ABC):
 class _TimestepMask(MaskScheme):
     """masked = latent + E(t_i) with the public embedding E; the payload is big-endian float32."""
 
-    bytes_per_component = 4
+    payload_dtype = ">f4"
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__(latent_dim)
@@ -170,10 +196,10 @@ class _TimestepMask(MaskScheme):
 
     def _mask(self, latents: torch.Tensor, mask_key: bytes | None) -> bytes:
         masked = latents + self.position_embedding(self.timesteps(len(latents), mask_key))  # (N, d)
-        return masked.numpy().astype(">f4").tobytes()
+        return masked.numpy().astype(self.payload_dtype).tobytes()
 
     def _unmask(self, payload: bytes, count: int, mask_key: bytes | None) -> torch.Tensor:
-        masked = np.frombuffer(payload, dtype=">f4").astype(np.float32).reshape(count, self.latent_dim)
+        masked = np.frombuffer(payload, dtype=self.payload_dtype).astype(np.float32).reshape(count, self.latent_dim)
         return torch.from_numpy(masked) - self.position_embedding(self.timesteps(count, mask_key))
 
 
@@ -225,13 +251,15 @@ class KeyedGaussianMask(MaskScheme):
 
     name = "keyed-gaussian"
     keyed = True
-    bytes_per_component = 2
+    payload_dtype = ">f2"
+    settings = ("gaussian_sigma",)
 
-    def __init__(self, latent_dim: int, sigma: float = 4.0) -> None:
+    def __init__(self, latent_dim: int, gaussian_sigma: float = 4.0) -> None:
         super().__init__(latent_dim)
-        if not (isinstance(sigma, numbers.Real) and math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"gaussian_sigma must be a positive finite number, got {sigma!r}")
-        self.sigma = float(sigma)
+        self.sigma = _positive_setting("gaussian_sigma", gaussian_sigma)
+
+    def setting_values(self) -> dict[str, float]:
+        return {"gaussian_sigma": self.sigma}
 
     def gaussian_mask(self, count: int, mask_key: bytes) -> torch.Tensor:
         """The (count, d) float64 mask sigma * N(0, I) of one message."""
@@ -252,13 +280,13 @@ class KeyedGaussianMask(MaskScheme):
 
     def _mask(self, latents: torch.Tensor, mask_key: bytes | None) -> bytes:
         masked = (latents.double() + self.gaussian_mask(len(latents), mask_key)).numpy()  # (N, d)
-        payload = masked.astype(">f2")  # numpy rounds float64 -> float16 to nearest
+        payload = masked.astype(self.payload_dtype)  # numpy rounds float64 -> float16 to nearest
         if not np.isfinite(payload).all():
             raise ValueError(f"masked values exceed the float16 range; gaussian_sigma={self.sigma} is too large")
         return payload.tobytes()
 
     def _unmask(self, payload: bytes, count: int, mask_key: bytes | None) -> torch.Tensor:
-        masked = np.frombuffer(payload, dtype=">f2").astype(np.float64).reshape(count, self.latent_dim)
+        masked = np.frombuffer(payload, dtype=self.payload_dtype).astype(np.float64).reshape(count, self.latent_dim)
         return (torch.from_numpy(masked) - self.gaussian_mask(count, mask_key)).float()
 
 
@@ -273,14 +301,17 @@ class KeyedModularMask(MaskScheme):
 
     name = "keyed-modular"
     keyed = True
-    bytes_per_component = 2
+    payload_dtype = ">u2"
+    exact = True
+    settings = ("modular_range",)
     levels = UINT16_MODULUS - 1  # 65535 steps over [-R, R]
 
     def __init__(self, latent_dim: int, modular_range: float = 6.0) -> None:
         super().__init__(latent_dim)
-        if not (isinstance(modular_range, numbers.Real) and math.isfinite(modular_range) and modular_range > 0):
-            raise ValueError(f"modular_range must be a positive finite number, got {modular_range!r}")
-        self.range = float(modular_range)
+        self.range = _positive_setting("modular_range", modular_range)
+
+    def setting_values(self) -> dict[str, float]:
+        return {"modular_range": self.range}
 
     def quantise(self, latents: torch.Tensor) -> torch.Tensor:
         """(N, d) float latents -> (N, d) int32 levels in [0, 65535], clipping to [-R, R] first."""
@@ -301,32 +332,38 @@ class KeyedModularMask(MaskScheme):
     def _mask(self, latents: torch.Tensor, mask_key: bytes | None) -> bytes:
         quantised = self.quantise(latents).numpy().astype(np.uint32).reshape(-1)  # (N * d,)
         pad = _keystream_words(mask_key, quantised.size, ">u2").astype(np.uint32)
-        return ((quantised + pad) % UINT16_MODULUS).astype(">u2").tobytes()
+        return ((quantised + pad) % UINT16_MODULUS).astype(self.payload_dtype).tobytes()
 
     def _unmask(self, payload: bytes, count: int, mask_key: bytes | None) -> torch.Tensor:
-        cipher_words = np.frombuffer(payload, dtype=">u2").astype(np.int64)  # (N * d,)
+        cipher_words = np.frombuffer(payload, dtype=self.payload_dtype).astype(np.int64)  # (N * d,)
         pad = _keystream_words(mask_key, cipher_words.size, ">u2").astype(np.int64)
         quantised = (cipher_words - pad) % UINT16_MODULUS  # numpy's % is non-negative for a positive modulus
         return self.dequantise(torch.from_numpy(quantised.reshape(count, self.latent_dim)))
 
 
-def get_scheme(name: str, latent_dim: int = 8, gaussian_sigma: float = 4.0, modular_range: float = 6.0) -> MaskScheme:
+# The registry, in the order of the envelope's wire ids (a test keeps the two equal).
+MASK_SCHEMES: dict[str, type[MaskScheme]] = {
+    scheme.name: scheme for scheme in (ReportMask, KeyedTimestepMask, KeyedGaussianMask, KeyedModularMask)
+}
+SCHEMES = tuple(MASK_SCHEMES)
+MASK_SETTINGS = tuple(dict.fromkeys(setting for scheme in MASK_SCHEMES.values() for setting in scheme.settings))
+
+
+def get_scheme(name: str, latent_dim: int = 8, **settings: float) -> MaskScheme:
     """A mask scheme by name.
 
     Args:
         name: one of SCHEMES.
         latent_dim: the latent size d.
-        gaussian_sigma: the noise scale of `keyed-gaussian`.
-        modular_range: the clipping range R of `keyed-modular`.
+        settings: values of MASK_SETTINGS (config.cipher's); each scheme takes its own and leaves the
+            others, so one set of settings builds any scheme. Missing: the scheme's default.
     Returns:
         A fresh MaskScheme.
     """
-    if name == "report":
-        return ReportMask(latent_dim)
-    if name == "keyed-timestep":
-        return KeyedTimestepMask(latent_dim)
-    if name == "keyed-gaussian":
-        return KeyedGaussianMask(latent_dim, gaussian_sigma)
-    if name == "keyed-modular":
-        return KeyedModularMask(latent_dim, modular_range)
-    raise ValueError(f"unknown mask scheme {name!r}; choose one of {', '.join(SCHEMES)}")
+    if name not in MASK_SCHEMES:
+        raise ValueError(f"unknown mask scheme {name!r}; choose one of {', '.join(SCHEMES)}")
+    unknown = sorted(set(settings) - set(MASK_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown mask setting(s) {', '.join(unknown)}; allowed: {', '.join(MASK_SETTINGS)}")
+    scheme = MASK_SCHEMES[name]
+    return scheme(latent_dim, **{setting: settings[setting] for setting in scheme.settings if setting in settings})

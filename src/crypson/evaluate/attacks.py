@@ -19,7 +19,7 @@ The image-predicting inversion (PSNR/SSIM against the receiver's image) and nonc
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,12 +35,53 @@ from crypson.cipher.masks import (
     KeyedTimestepMask,
     MaskScheme,
     ReportMask,
-    get_scheme,
 )
-from crypson.inference import inference_chunk
+from crypson.evaluate.learned import (argmax_accuracy, best_of_restarts, num_positions, standardised_inputs,
+                                     with_positions)
+from crypson.inference import chunked, inference_chunk
 
-# Big-endian payload number formats, one per scheme (masks.py module docstring).
-PAYLOAD_DTYPES = {"report": ">f4", "keyed-timestep": ">f4", "keyed-gaussian": ">f2", "keyed-modular": ">u2"}
+
+@dataclass(frozen=True)
+class AttackData:
+    """What every attack suite works on: cGAN characters' latents (what the cipher sends), and the public
+    receiver that reads them.
+
+    Attributes:
+        train_latents, train_labels: (N, d) float32 CPU latents and (N,) int64 classes the attackers learn from.
+        test_latents, test_labels: the held-out characters every attacker is scored on (at least one).
+        classifier: the public receiver classifier, (N, d) latents -> (N, K) logits.
+        receiver_accuracy: the receiver's accuracy on the test characters (the advantage's denominator).
+        num_classes: K >= 2; chance is 1 / K.
+        message_length: characters per simulated message (one key and nonce each).
+    """
+
+    train_latents: torch.Tensor
+    train_labels: torch.Tensor
+    test_latents: torch.Tensor
+    test_labels: torch.Tensor
+    classifier: nn.Module
+    receiver_accuracy: float
+    num_classes: int
+    message_length: int = 16
+
+    def __post_init__(self) -> None:
+        train, test = (len(self.train_latents), len(self.train_labels)), (len(self.test_latents), len(self.test_labels))
+        if train[0] != train[1] or test[0] != test[1]:
+            raise ValueError(f"latents and labels differ in length: train {train[0]} vs {train[1]}, "
+                             f"test {test[0]} vs {test[1]}")
+        if test[1] == 0 or self.num_classes < 2:
+            raise ValueError(f"need test characters and num_classes >= 2, got {test[1]} and {self.num_classes}")
+        if self.message_length < 1:
+            raise ValueError(f"message_length must be >= 1, got {self.message_length}")
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / self.num_classes
+
+    def scored(self, scheme: str, attacker: str, accuracy: float, note: str = "") -> AttackResult:
+        """An attacker's accuracy on the test characters, with its interval and advantage."""
+        return scored_result(scheme, attacker, accuracy, len(self.test_labels), self.chance, self.receiver_accuracy,
+                             note)
 
 
 @dataclass(frozen=True)
@@ -93,15 +134,14 @@ def payload_features(scheme: MaskScheme, payload: bytes, count: int) -> torch.Te
         payload: count * scheme.bytes_per_character bytes.
         count: the number of characters N.
     Returns:
-        (N, d) float32: the masked values for the float schemes; keyed-modular's uint16 words / 2^16, in [0, 1).
+        (N, d) float32: the masked values for the float schemes; an exact scheme's uint16 words / 2^16,
+        in [0, 1).
     """
-    if scheme.name not in PAYLOAD_DTYPES:
-        raise ValueError(f"unknown scheme {scheme.name!r}; choose one of {', '.join(PAYLOAD_DTYPES)}")
     if len(payload) != count * scheme.bytes_per_character:
         raise ValueError(f"{scheme.name} payload has {len(payload)} bytes, expected "
                          f"{count} x {scheme.bytes_per_character}")
-    numbers = np.frombuffer(bytes(payload), dtype=PAYLOAD_DTYPES[scheme.name]).astype(np.float64)
-    if scheme.name == "keyed-modular":
+    numbers = np.frombuffer(bytes(payload), dtype=scheme.payload_dtype).astype(np.float64)
+    if scheme.exact:
         numbers = numbers / UINT16_MODULUS
     return torch.from_numpy(numbers.reshape(count, scheme.latent_dim)).float()
 
@@ -140,15 +180,12 @@ def make_ciphertexts(
     return torch.cat(features), torch.cat(positions)
 
 
-@torch.no_grad()
 def _class_probabilities(classifier: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     """Softmax of the public classifier over (N, d) latents, batched, on the CPU."""
     parameter = next(classifier.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
-    batch_size = inference_chunk(device)
-    chunks = [torch.softmax(classifier(latents[start : start + batch_size].to(device)).float(), dim=1).cpu()
-              for start in range(0, len(latents), batch_size)]
-    return torch.cat(chunks)
+    return chunked(lambda batch: torch.softmax(classifier(batch.to(device)).float(), dim=1).cpu(), latents,
+                   inference_chunk(device))
 
 
 def mean_timestep_embedding(scheme: KeyedTimestepMask, samples: int = 4096, seed: int = 0) -> torch.Tensor:
@@ -206,29 +243,14 @@ def timestep_search_attack(
     """
     generator = torch.Generator().manual_seed(seed)
     candidates = scheme.position_embedding(torch.randint(0, TIMESTEP_RANGE, (grid_size,), generator=generator))
-    predictions = []
-    rows_per_chunk = max(1, 65536 // grid_size)
-    for start in range(0, len(features), rows_per_chunk):
-        chunk = features[start : start + rows_per_chunk]  # (B, d)
+
+    def search(chunk: torch.Tensor) -> torch.Tensor:
         trial_latents = (chunk[:, None, :] - candidates[None, :, :]).reshape(-1, chunk.shape[1])  # (B * G, d)
-        probabilities = _class_probabilities(classifier, trial_latents).reshape(len(chunk), grid_size, -1)
-        confidence, predicted = probabilities.max(2)  # (B, G) each
-        best = confidence.argmax(1)  # (B,)
-        predictions.append(predicted[torch.arange(len(chunk)), best])
-    return torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.int64)
+        probabilities = _class_probabilities(classifier, trial_latents)  # (B * G, K)
+        confidence, predicted = probabilities.view(len(chunk), grid_size, probabilities.shape[1]).max(2)  # (B, G)
+        return predicted[torch.arange(len(chunk)), confidence.argmax(1)]  # (B,)
 
-
-def _with_positions(features: torch.Tensor, positions: torch.Tensor | None, num_positions: int) -> np.ndarray:
-    """(N, d) features -> (N, d [+ num_positions]) with a one-hot of the position appended."""
-    if positions is None:
-        return features.double().numpy()
-    one_hot = torch.nn.functional.one_hot(positions.clamp(max=num_positions - 1), num_positions)
-    return torch.cat([features.double(), one_hot.double()], dim=1).numpy()
-
-
-def _num_positions(*positions: torch.Tensor | None) -> int:
-    present = [p for p in positions if p is not None and len(p)]
-    return int(max(int(p.max()) for p in present)) + 1 if present else 1
+    return chunked(search, features, max(1, 65536 // grid_size))  # 65,536 trial latents a chunk
 
 
 def linear_probe_attack(
@@ -244,41 +266,16 @@ def linear_probe_attack(
     Returns:
         Accuracy on the test characters.
     """
-    num_positions = _num_positions(train_positions, test_positions)
-    train_inputs = _with_positions(train_features, train_positions, num_positions)
+    count = num_positions(train_positions, test_positions)
+    train_inputs = with_positions(train_features, train_positions, count).numpy()
     from sklearn.linear_model import LogisticRegression  # scikit-learn loads only for this attacker
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(train_inputs)
     probe = LogisticRegression(max_iter=1000)
     probe.fit(scaler.transform(train_inputs), train_labels.numpy())
-    predicted = probe.predict(scaler.transform(_with_positions(test_features, test_positions, num_positions)))
+    predicted = probe.predict(scaler.transform(with_positions(test_features, test_positions, count).numpy()))
     return float((predicted == test_labels.numpy()).mean())
-
-
-def train_mlp(inputs: torch.Tensor, targets: torch.Tensor, outputs: int,
-              loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], epochs: int, hidden: int,
-              seed: int) -> nn.Module:
-    """One fresh MLP (input -> hidden -> hidden -> outputs) trained with Adam on `loss`, minibatch 256.
-
-    The learned attackers' network: cross-entropy to characters here, mean squared error to latents
-    in crypson.evaluate.inversion.
-    """
-    with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
-        torch.manual_seed(seed)
-        model = nn.Sequential(nn.Linear(inputs.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                              nn.Linear(hidden, outputs))
-    generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(epochs):
-        order = torch.randperm(len(inputs), generator=generator)
-        for start in range(0, len(inputs), 256):
-            batch = order[start : start + 256]
-            value = loss(model(inputs[batch]), targets[batch])
-            optimiser.zero_grad()
-            value.backward()
-            optimiser.step()
-    return model.eval()
 
 
 def learned_inversion_attack(
@@ -294,36 +291,18 @@ def learned_inversion_attack(
     hidden: int = 64,
     seed: int = 0,
 ) -> float:
-    """An MLP trained on (ciphertext, position one-hot) -> character, best of `restarts` fresh inits.
-
-    As Abadi & Andersen (2016, "Learning to protect communications with adversarial neural cryptography")
-    retrain Eve from scratch, each restart starts anew; the best is picked on a 20% validation split of the
-    training pairs, never on the test set, so a chance-level attacker is not flattered by the pick.
+    """An MLP trained on (ciphertext, position one-hot) -> character, best of `restarts` fresh inits picked
+    on a validation split of the training pairs (crypson.evaluate.learned).
 
     Returns:
         Accuracy of the chosen restart on the test characters.
     """
-    if restarts < 1:
-        raise ValueError(f"restarts must be >= 1, got {restarts}")
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
-    num_positions = _num_positions(train_positions, test_positions)
-    train_inputs = torch.from_numpy(_with_positions(train_features, train_positions, num_positions)).float()
-    test_inputs = torch.from_numpy(_with_positions(test_features, test_positions, num_positions)).float()
-    mean, std = train_inputs.mean(0), train_inputs.std(0).clamp_min(1e-6)
-    train_inputs, test_inputs = (train_inputs - mean) / std, (test_inputs - mean) / std
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(train_inputs), generator=generator)
-    validation, fit = order[: len(order) // 5], order[len(order) // 5 :]
-    best_validation, best_model = -1.0, None
-    for restart in range(restarts):
-        model = train_mlp(train_inputs[fit], train_labels[fit], num_classes, nn.functional.cross_entropy, epochs,
-                          hidden, seed + 1 + restart)
-        with torch.no_grad():
-            accuracy = float((model(train_inputs[validation]).argmax(1) == train_labels[validation]).float().mean())
-        if accuracy > best_validation:
-            best_validation, best_model = accuracy, model
+    train_inputs, test_inputs = standardised_inputs(train_features, train_positions, test_features, test_positions)
+    model = best_of_restarts(train_inputs, train_labels, num_classes, nn.functional.cross_entropy, argmax_accuracy,
+                             restarts, epochs, hidden, seed)
     with torch.no_grad():
-        return float((best_model(test_inputs).argmax(1) == test_labels).float().mean())
+        return argmax_accuracy(model(test_inputs), test_labels)
 
 
 def scored_result(scheme: str, attacker: str, accuracy: float, samples: int, chance: float, receiver_accuracy: float,
@@ -345,85 +324,58 @@ def _scheme_notes(scheme: MaskScheme, latents_train: torch.Tensor) -> str:
             f"(mean latent variance {latent_variance:.3f}, sigma {scheme.sigma:g}, d {scheme.latent_dim})")
 
 
-def run_attack_suite(
-    scheme_names: list[str] | tuple[str, ...],
-    latents_train: torch.Tensor,
-    labels_train: torch.Tensor,
-    latents_test: torch.Tensor,
-    labels_test: torch.Tensor,
-    classifier: nn.Module,
-    receiver_accuracy: float,
-    num_classes: int,
-    message_length: int = 16,
-    seed: int = 0,
-    quick: bool = False,
-    gaussian_sigma: float = 4.0,
-    modular_range: float = 6.0,
-    restarts: int | None = None,
-    epochs: int | None = None,
-    grid_size: int | None = None,
-) -> list[AttackResult]:
-    """Every attacker against every named scheme, on ciphertexts made here under fresh random keys.
+def run_attack_suite(schemes: Sequence[MaskScheme], data: AttackData, seed: int = 0, quick: bool = False,
+                     restarts: int | None = None, epochs: int | None = None,
+                     grid_size: int | None = None) -> list[AttackResult]:
+    """Every attacker against every scheme, on ciphertexts made here under fresh random keys.
 
     Args:
-        scheme_names: names from SCHEMES.
-        latents_train, labels_train: (N, d) float32 CPU latents and (N,) int64 classes the attacker trains on.
-        latents_test, labels_test: the held-out characters every attacker is scored on.
-        classifier: the public receiver classifier, (N, d) latents -> (N, K) logits.
-        receiver_accuracy: the receiver's accuracy on the same test characters (the advantage's denominator).
-        num_classes: K; chance is 1 / K.
-        message_length: characters per simulated message.
+        schemes: the mask schemes, with the sender's settings.
+        data: the characters the attackers learn from and are scored on, and the public receiver.
         seed: seeds keys, nonces, candidate timesteps and the attackers' networks.
         quick: one restart, few epochs, a coarse timestep grid (tests and smoke runs).
-        gaussian_sigma, modular_range: the scheme parameters the sender uses.
         restarts, epochs, grid_size: the learned attackers' restarts and epochs and the timestep
             search's candidates; None takes the quick or full default.
     Returns:
         One AttackResult per (scheme, attacker), in scheme order.
     """
-    if len(latents_train) != len(labels_train) or len(latents_test) != len(labels_test):
-        raise ValueError(f"latents and labels differ in length: train {len(latents_train)} vs {len(labels_train)}, "
-                         f"test {len(latents_test)} vs {len(labels_test)}")
-    if len(labels_test) == 0 or num_classes < 2:
-        raise ValueError(f"need test characters and num_classes >= 2, got {len(labels_test)} and {num_classes}")
-    chance = 1.0 / num_classes
     quick_defaults, full_defaults = (1, 10, 256), (3, 30, 1024)
     defaults = quick_defaults if quick else full_defaults
     restarts, epochs, grid_size = (given if given is not None else default
                                    for given, default in zip((restarts, epochs, grid_size), defaults))
-    samples = len(labels_test)
+    train_labels, test_labels = data.train_labels, data.test_labels
     results = []
-    for index, name in enumerate(scheme_names):
-        scheme = get_scheme(name, latents_train.shape[1], gaussian_sigma, modular_range)
+    for index, scheme in enumerate(schemes):
         seeds = np.random.default_rng([seed, index]).integers(2**32, size=3)
         train_seed, test_seed, same_key_seed = (int(value) for value in seeds)
-        train_features, train_positions = make_ciphertexts(scheme, latents_train, message_length, train_seed)
-        test_features, test_positions = make_ciphertexts(scheme, latents_test, message_length, test_seed)
-        note = _scheme_notes(scheme, latents_train)
+        train_features, train_positions = make_ciphertexts(scheme, data.train_latents, data.message_length,
+                                                           train_seed)
+        test_features, test_positions = make_ciphertexts(scheme, data.test_latents, data.message_length, test_seed)
+        note = _scheme_notes(scheme, data.train_latents)
 
-        predicted = known_model_attack(scheme, test_features, test_positions, classifier)
-        accuracy = float((predicted == labels_test).float().mean())
-        results.append(scored_result(name, "known-model", accuracy, samples, chance, receiver_accuracy, note))
+        predicted = known_model_attack(scheme, test_features, test_positions, data.classifier)
+        accuracy = float((predicted == test_labels).float().mean())
+        results.append(data.scored(scheme.name, "known-model", accuracy, note))
         if isinstance(scheme, KeyedTimestepMask):
-            predicted = timestep_search_attack(scheme, test_features, classifier, grid_size, seed)
-            accuracy = float((predicted == labels_test).float().mean())
-            results.append(scored_result(name, "timestep-search", accuracy, samples, chance, receiver_accuracy,
-                                   f"{grid_size} candidate t of {TIMESTEP_RANGE}"))
+            predicted = timestep_search_attack(scheme, test_features, data.classifier, grid_size, seed)
+            accuracy = float((predicted == test_labels).float().mean())
+            results.append(data.scored(scheme.name, "timestep-search", accuracy,
+                                       f"{grid_size} candidate t of {TIMESTEP_RANGE}"))
 
-        accuracy = linear_probe_attack(train_features, labels_train, test_features, labels_test,
+        accuracy = linear_probe_attack(train_features, train_labels, test_features, test_labels,
                                        train_positions, test_positions)
-        results.append(scored_result(name, "linear-probe", accuracy, samples, chance, receiver_accuracy, note))
-        accuracy = learned_inversion_attack(train_features, labels_train, test_features, labels_test,
-                                            train_positions, test_positions, num_classes, restarts, epochs, seed=seed)
-        results.append(scored_result(name, "learned-inversion", accuracy, samples, chance, receiver_accuracy, note))
+        results.append(data.scored(scheme.name, "linear-probe", accuracy, note))
+        accuracy = learned_inversion_attack(train_features, train_labels, test_features, test_labels, train_positions,
+                                            test_positions, data.num_classes, restarts, epochs, seed=seed)
+        results.append(data.scored(scheme.name, "learned-inversion", accuracy, note))
 
         # Known plaintext: the attacker holds (ciphertext, character) pairs under the victim's key, new nonces.
-        all_features, all_positions = make_ciphertexts(scheme, torch.cat([latents_train, latents_test]),
-                                                       message_length, same_key_seed, same_key=True)
-        split = len(latents_train)
-        accuracy = learned_inversion_attack(all_features[:split], labels_train, all_features[split:], labels_test,
-                                            all_positions[:split], all_positions[split:], num_classes, restarts,
+        all_features, all_positions = make_ciphertexts(scheme, torch.cat([data.train_latents, data.test_latents]),
+                                                       data.message_length, same_key_seed, same_key=True)
+        split = len(data.train_latents)
+        accuracy = learned_inversion_attack(all_features[:split], train_labels, all_features[split:], test_labels,
+                                            all_positions[:split], all_positions[split:], data.num_classes, restarts,
                                             epochs, seed=seed)
-        results.append(scored_result(name, "known-plaintext", accuracy, samples, chance, receiver_accuracy,
-                               "one key, fresh nonces; learned inversion"))
+        results.append(data.scored(scheme.name, "known-plaintext", accuracy,
+                                   "one key, fresh nonces; learned inversion"))
     return results

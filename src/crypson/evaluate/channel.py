@@ -21,8 +21,7 @@ from torch import nn
 from crypson.cipher.alphabet import Alphabet
 from crypson.cipher.codec import CipherModels, decrypt, encrypt
 from crypson.cipher.keys import KEY_BYTES, NONCE_BYTES, SecretKey, derive_message_keys
-from crypson.cipher.masks import UINT16_MODULUS, KeyedModularMask, MaskScheme
-from crypson.evaluate.attacks import PAYLOAD_DTYPES
+from crypson.cipher.masks import UINT16_MODULUS, MaskScheme
 from crypson.evaluate.quality import character_error_rate
 
 
@@ -57,14 +56,15 @@ def end_to_end_error_rate(models: CipherModels, messages: list[str], scheme: Mas
 def add_channel_noise(scheme: MaskScheme, payload: bytes, noise: np.ndarray) -> bytes:
     """Add noise (one value per payload number, in latent units) to a payload's numbers.
 
-    keyed-modular: the noise is scaled to quantisation steps, rounded and added mod 2^16 to the
-    words; the float schemes: added to the values, rounded back to their float32 / float16 format.
+    An exact scheme (keyed-modular): the noise is scaled to quantisation steps, rounded and added
+    mod 2^16 to the words; the float schemes: added to the values, rounded back to their float32 /
+    float16 format.
     """
-    dtype = PAYLOAD_DTYPES[scheme.name]
+    dtype = scheme.payload_dtype
     numbers = np.frombuffer(payload, dtype=dtype)
     if noise.shape != numbers.shape:
         raise ValueError(f"need one noise value per payload number ({numbers.size}), got {noise.size}")
-    if isinstance(scheme, KeyedModularMask):
+    if scheme.exact:
         steps = np.round(noise * scheme.levels / (2 * scheme.range)).astype(np.int64)
         return ((numbers.astype(np.int64) + steps) % UINT16_MODULUS).astype(dtype).tobytes()
     noisy = numbers.astype(np.float64) + noise

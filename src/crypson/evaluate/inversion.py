@@ -15,6 +15,7 @@ the difference of their latents; with the first message known, the second falls.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,17 +23,18 @@ import torch
 from torch import nn
 
 from crypson.cipher.keys import KEY_BYTES, NONCE_BYTES, SecretKey, derive_message_keys
-from crypson.cipher.masks import UINT16_MODULUS, KeyedModularMask, MaskScheme, get_scheme
+from crypson.cipher.masks import UINT16_MODULUS, MaskScheme
 from crypson.evaluate.attacks import (
+    AttackData,
     AttackResult,
     known_model_latents,
     make_ciphertexts,
     payload_features,
     scored_result,
-    train_mlp,
 )
+from crypson.evaluate.learned import best_of_restarts, standardised_inputs
 from crypson.evaluate.metrics import psnr_per_image
-from crypson.inference import inference_chunk
+from crypson.inference import chunked, inference_chunk
 
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; 100 dB stands for "exact"
 
@@ -72,11 +74,6 @@ def score_images(attacker: str, scheme: str, images: torch.Tensor, receiver: tor
                                 len(images))
 
 
-def _one_hot_inputs(features: torch.Tensor, positions: torch.Tensor, num_positions: int) -> torch.Tensor:
-    one_hot = nn.functional.one_hot(positions.clamp(max=num_positions - 1), num_positions).float()
-    return torch.cat([features.float(), one_hot], dim=1)  # (N, d + P)
-
-
 def learned_latent_inversion(
     train_features: torch.Tensor,
     train_positions: torch.Tensor,
@@ -88,87 +85,67 @@ def learned_latent_inversion(
     hidden: int = 128,
     seed: int = 0,
 ) -> torch.Tensor:
-    """Regress the latent from standardised (ciphertext, position one-hot); best of `restarts` on a 20%
-    validation split of the training pairs (as `attacks.learned_inversion_attack` picks its classifier).
+    """Regress the standardised latent from standardised (ciphertext, position one-hot); best of `restarts`
+    by mean squared error on a validation split of the training pairs (crypson.evaluate.learned).
 
     Returns:
         (N_test, d) float32 predicted latents.
     """
     if restarts < 1 or len(train_features) < 5:
         raise ValueError(f"need restarts >= 1 and >= 5 training pairs, got {restarts} and {len(train_features)}")
-    num_positions = int(max(train_positions.max(), test_positions.max())) + 1
-    train_inputs = _one_hot_inputs(train_features, train_positions, num_positions)
-    test_inputs = _one_hot_inputs(test_features, test_positions, num_positions)
-    mean, std = train_inputs.mean(0), train_inputs.std(0).clamp_min(1e-6)
-    train_inputs, test_inputs = (train_inputs - mean) / std, (test_inputs - mean) / std
+    train_inputs, test_inputs = standardised_inputs(train_features, train_positions, test_features, test_positions)
     target_mean, target_std = train_latents.mean(0), train_latents.std(0).clamp_min(1e-6)
     targets = (train_latents - target_mean) / target_std
-    order = torch.randperm(len(train_inputs), generator=torch.Generator().manual_seed(seed))
-    validation, fit = order[: len(order) // 5], order[len(order) // 5 :]
-    best_error, best_model = math.inf, None
-    for restart in range(restarts):
-        model = train_mlp(train_inputs[fit], targets[fit], targets.shape[1], nn.functional.mse_loss, epochs, hidden,
-                          seed + 1 + restart)
-        with torch.no_grad():
-            error = float(nn.functional.mse_loss(model(train_inputs[validation]), targets[validation]))
-        if error < best_error:
-            best_error, best_model = error, model
+    model = best_of_restarts(train_inputs, targets, targets.shape[1], nn.functional.mse_loss, _negative_error,
+                             restarts, epochs, hidden, seed)
     with torch.no_grad():
-        return (best_model(test_inputs) * target_std + target_mean).float()
+        return (model(test_inputs) * target_std + target_mean).float()
 
 
-@torch.no_grad()
+def _negative_error(predicted: torch.Tensor, targets: torch.Tensor) -> float:
+    """The validation score of a latent regressor: minus its mean squared error."""
+    return -float(nn.functional.mse_loss(predicted, targets))
+
+
 def _decode(decoder: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     device = next(decoder.parameters()).device
-    batch_size = inference_chunk(device)
-    return torch.cat([decoder(latents[s : s + batch_size].to(device)).float().cpu()
-                      for s in range(0, len(latents), batch_size)])
+    return chunked(lambda batch: decoder(batch.to(device)).float().cpu(), latents, inference_chunk(device))
 
 
-def image_inversion_suite(
-    scheme_names: list[str] | tuple[str, ...],
-    latents_train: torch.Tensor,
-    latents_test: torch.Tensor,
-    decoder: nn.Module,
-    message_length: int = 16,
-    seed: int = 0,
-    gaussian_sigma: float = 4.0,
-    modular_range: float = 6.0,
-    restarts: int = 3,
-    epochs: int = 30,
-) -> list[ImageInversionResult]:
+def image_inversion_suite(schemes: Sequence[MaskScheme], data: AttackData, decoder: nn.Module, seed: int = 0,
+                          restarts: int = 3, epochs: int = 30) -> list[ImageInversionResult]:
     """Per scheme, the known-model and the learned attacker's decoded images against the receiver's.
 
     Args:
-        latents_train, latents_test: (N, d) float32 CPU latents of cGAN images (the attacker's
-            training pairs, and the characters scored).
+        schemes: the mask schemes, with the sender's settings.
+        data: latents of cGAN images: the attacker's training pairs, and the characters scored.
         decoder: the public VAE decoder, (N, d) -> (N, 1, 32, 32) in [0, 1].
     Returns:
         First the keyless baseline ("mean-image", scheme "keyless"), then two results per scheme.
     """
-    receiver = _decode(decoder, latents_test)  # what the receiver sees
-    mean_image = _decode(decoder, latents_train).mean(0, keepdim=True).expand_as(receiver)
+    receiver = _decode(decoder, data.test_latents)  # what the receiver sees
+    mean_image = _decode(decoder, data.train_latents).mean(0, keepdim=True).expand_as(receiver)
     results = [score_images("mean-image", "keyless", mean_image, receiver)]
-    for index, name in enumerate(scheme_names):
-        scheme = get_scheme(name, latents_train.shape[1], gaussian_sigma, modular_range)
+    for index, scheme in enumerate(schemes):
         train_seed, test_seed = (int(v) for v in np.random.default_rng([seed, index, 1]).integers(2**32, size=2))
-        train_features, train_positions = make_ciphertexts(scheme, latents_train, message_length, train_seed)
-        test_features, test_positions = make_ciphertexts(scheme, latents_test, message_length, test_seed)
+        train_features, train_positions = make_ciphertexts(scheme, data.train_latents, data.message_length,
+                                                           train_seed)
+        test_features, test_positions = make_ciphertexts(scheme, data.test_latents, data.message_length, test_seed)
         guessed = known_model_latents(scheme, test_features, test_positions)
-        results.append(score_images("known-model", name, _decode(decoder, guessed), receiver))
-        learned = learned_latent_inversion(train_features, train_positions, latents_train, test_features,
+        results.append(score_images("known-model", scheme.name, _decode(decoder, guessed), receiver))
+        learned = learned_latent_inversion(train_features, train_positions, data.train_latents, test_features,
                                            test_positions, restarts, epochs, seed=seed)
-        results.append(score_images("learned-inversion", name, _decode(decoder, learned), receiver))
+        results.append(score_images("learned-inversion", scheme.name, _decode(decoder, learned), receiver))
     return results
 
 
 def latent_difference(scheme: MaskScheme, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """second - first of two ciphertexts' payload features, in latent units.
 
-    keyed-modular's words subtract mod 2^16, read as signed (|z2 - z1| < R, the clipping range,
-    fits without wrapping); the float schemes subtract directly.
+    An exact scheme's (keyed-modular's) words subtract mod 2^16, read as signed (|z2 - z1| < R, the
+    clipping range, fits without wrapping); the float schemes subtract directly.
     """
-    if isinstance(scheme, KeyedModularMask):
+    if scheme.exact:
         words = [torch.round(f.double() * UINT16_MODULUS).to(torch.int64) for f in (first, second)]
         signed = torch.remainder(words[1] - words[0] + UINT16_MODULUS // 2, UINT16_MODULUS) - UINT16_MODULUS // 2
         return (signed.double() * (2 * scheme.range / scheme.levels)).float()
@@ -236,42 +213,28 @@ class NonceReuseResult:
     masks_identical: bool
 
 
-def nonce_reuse_suite(
-    scheme_names: list[str] | tuple[str, ...],
-    latents_train: torch.Tensor,
-    labels_train: torch.Tensor,
-    latents_test: torch.Tensor,
-    labels_test: torch.Tensor,
-    classifier: nn.Module,
-    receiver_accuracy: float,
-    num_classes: int,
-    message_length: int = 16,
-    seed: int = 0,
-    gaussian_sigma: float = 4.0,
-    modular_range: float = 6.0,
-) -> list[NonceReuseResult]:
+def nonce_reuse_suite(schemes: Sequence[MaskScheme], data: AttackData, seed: int = 0) -> list[NonceReuseResult]:
     """`nonce_reuse_attack` on every scheme: the test characters, shuffled, form pairs of messages.
 
     The class means come from the attacker's own training latents (public cGAN + VAE).
     """
-    means = class_means(latents_train, labels_train, num_classes)
-    order = torch.randperm(len(latents_test), generator=torch.Generator().manual_seed(seed))
+    means = class_means(data.train_latents, data.train_labels, data.num_classes)
+    order = torch.randperm(len(data.test_latents), generator=torch.Generator().manual_seed(seed))
     half = len(order) // 2
     if half == 0:
         raise ValueError(f"need at least 2 test characters, got {len(order)}")
     first, second = order[:half], order[half : 2 * half]
-    chance = 1.0 / num_classes
+    latents, labels = data.test_latents, data.test_labels
     results = []
-    for index, name in enumerate(scheme_names):
-        scheme = get_scheme(name, latents_train.shape[1], gaussian_sigma, modular_range)
+    for index, scheme in enumerate(schemes):
         scored = []
         for reuse in (True, False):
             predicted, identical = nonce_reuse_attack(
-                scheme, latents_test[first], labels_test[first], latents_test[second], means, classifier,
-                message_length, int(np.random.default_rng([seed, index]).integers(2**32)), reuse=reuse)
-            accuracy = float((predicted == labels_test[second]).float().mean())
+                scheme, latents[first], labels[first], latents[second], means, data.classifier,
+                data.message_length, int(np.random.default_rng([seed, index]).integers(2**32)), reuse=reuse)
+            accuracy = float((predicted == labels[second]).float().mean())
             note = "one key, the SAME nonce" if reuse else "control: one key, fresh nonces"
-            scored.append((scored_result(name, "nonce-reuse" if reuse else "nonce-fresh", accuracy, half, chance,
-                                         receiver_accuracy, note), identical))
+            scored.append((scored_result(scheme.name, "nonce-reuse" if reuse else "nonce-fresh", accuracy, half,
+                                         data.chance, data.receiver_accuracy, note), identical))
         results.append(NonceReuseResult(scored[0][0], scored[1][0], scored[0][1]))
     return results

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from crypson.inference import chunked
 from crypson.models.classifier import LatentClassifier
-from crypson.models.cgan import Generator
 from crypson.models.vae import VAE
 
 
@@ -41,7 +41,6 @@ def accuracy_from_confusion(confusion: torch.Tensor) -> tuple[float, list[float]
     return float(confusion.diagonal().sum() / confusion.sum()), per_class
 
 
-@torch.no_grad()
 def receiver_predict(
     vae: VAE, classifier: LatentClassifier, images: torch.Tensor, batch_size: int = 512
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,20 +52,10 @@ def receiver_predict(
         (predicted class indices (N,), reconstructions from the mean (N, 1, 32, 32)), on CPU.
     """
     device = next(vae.parameters()).device
-    predicted, reconstructions = [], []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device)
-        latent = vae.encode_mean(batch)
-        predicted.append(classifier(latent).argmax(1).cpu())
-        reconstructions.append(vae.decoder(latent).float().cpu())
-    return torch.cat(predicted), torch.cat(reconstructions)
 
+    def receive(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        latent = vae.encode_mean(batch.to(device))
+        return classifier(latent).argmax(1).cpu(), vae.decoder(latent).float().cpu()
 
-@torch.no_grad()
-def generate_images(generator: Generator, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`per_class` fresh cGAN images of every class: ((N, 1, 32, 32) in [0, 1], labels (N,)), on CPU."""
-    device = generator.label_embedding.weight.device
-    labels = torch.arange(generator.num_classes, device=device).repeat_interleave(per_class)
-    noise = generator.sample_noise(len(labels), torch.Generator(device=device).manual_seed(seed))
-    images = generator.to_unit_range(generator(noise, labels))
-    return images.float().cpu(), labels.cpu()
+    return chunked(receive, images, batch_size)
+

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from crypson.inference import chunked
+
 
 class ReferenceCNN(nn.Module):
     """A small image classifier, (B, 1, 32, 32) in [0, 1] -> (B, K) logits, with a feature layer.
@@ -112,10 +114,9 @@ def train_reference_classifier(images: torch.Tensor, labels: torch.Tensor, num_c
     return model.eval()
 
 
-@torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """(N, 1, 32, 32) -> (N,) int64 predicted classes."""
-    return torch.cat([model(images[s : s + batch_size]).argmax(1) for s in range(0, len(images), batch_size)])
+    return chunked(lambda batch: model(batch).argmax(1), images, batch_size)
 
 
 @torch.no_grad()

@@ -20,13 +20,12 @@ import torch
 
 from crypson import artifacts, tracking
 from crypson.cipher import codec
-from crypson.cipher.envelope import SCHEMES
 from crypson.cipher.keys import KEY_BYTES, SecretKey
-from crypson.cipher.masks import MaskScheme, get_scheme
+from crypson.cipher.masks import SCHEMES, MaskScheme, get_scheme
 from crypson.compute import derived_seed
 from crypson.config import Config
 from crypson.evaluate import figures
-from crypson.evaluate.attacks import advantage, run_attack_suite
+from crypson.evaluate.attacks import AttackData, advantage, run_attack_suite
 from crypson.evaluate.channel import channel_noise_accuracy, end_to_end_error_rate, supported_corpus
 from crypson.evaluate.corpus import MESSAGES
 from crypson.evaluate.inversion import image_inversion_suite, nonce_reuse_suite
@@ -76,18 +75,17 @@ def _finite(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 6)
 
 
-def _end_to_end(config: Config, models: codec.CipherModels) -> list[EndToEnd]:
+def _end_to_end(config: Config, models: codec.CipherModels, schemes: list[MaskScheme]) -> list[EndToEnd]:
     """The corpus through the real codec under each scheme, with a seeded key (nonces stay random)."""
     messages, removed = supported_corpus(MESSAGES, models.alphabet)
     if removed:
         mlflow.log_metric("corpus_characters_removed", removed)  # outside this split's alphabet
     key = SecretKey(np.random.default_rng(derived_seed(config.seed, "corpus-key")).bytes(KEY_BYTES))
     results = []
-    for name in SCHEMES:
-        scheme = get_scheme(name, models.vae.latent_dim, config.cipher.gaussian_sigma, config.cipher.modular_range)
+    for scheme in schemes:
         cer, misread, decoded, references = end_to_end_error_rate(models, messages, scheme, key,
                                                                   config.cipher.candidates)
-        results.append(EndToEnd(name, cer, sum(len(r) for r in references), misread,
+        results.append(EndToEnd(scheme.name, cer, sum(len(r) for r in references), misread,
                                 list(zip(references, decoded))[:3]))
     return results
 
@@ -99,7 +97,9 @@ def attack(config: Config, layout: Layout, context: tracking.TrackingContext) ->
     vae, _ = artifacts.load_model(layout.model_dir("vae") / "vae.pt", "vae")
     classifier, _ = artifacts.load_model(layout.model_dir("classifier") / "classifier.pt", "classifier")
     models = codec.CipherModels(generator, vae, classifier, classes)
-    sent = get_scheme(cipher.scheme, vae.latent_dim, cipher.gaussian_sigma, cipher.modular_range)
+    # Every registered scheme, with the configured settings; `sent` is the one the cipher uses.
+    schemes = [get_scheme(name, vae.latent_dim, **cipher.scheme_settings) for name in SCHEMES]
+    sent = schemes[SCHEMES.index(cipher.scheme)]
     train_latents, train_labels, train_checked = _cipher_latents(
         models, settings.train_per_class, derived_seed(config.seed, "attack-train"), cipher.candidates, sent)
     test_latents, test_labels, test_checked = _cipher_latents(
@@ -114,19 +114,15 @@ def attack(config: Config, layout: Layout, context: tracking.TrackingContext) ->
     with torch.no_grad():
         receiver = float((classifier(test_latents).argmax(1) == test_labels).float().mean())
     seed = derived_seed(config.seed, "attack-keys")
-    scheme_settings = {"gaussian_sigma": cipher.gaussian_sigma, "modular_range": cipher.modular_range}
-    results = run_attack_suite(
-        SCHEMES, train_latents, train_labels, test_latents, test_labels, classifier, receiver, len(classes),
-        message_length=settings.message_length, seed=seed, restarts=settings.restarts, epochs=settings.epochs,
-        grid_size=settings.timestep_grid, **scheme_settings)
-    images = image_inversion_suite(SCHEMES, train_latents, test_latents, vae.decoder, settings.message_length, seed,
-                                   restarts=settings.restarts, epochs=settings.epochs, **scheme_settings)
-    nonce = nonce_reuse_suite(SCHEMES, train_latents, train_labels, test_latents, test_labels, classifier, receiver,
-                              len(classes), settings.message_length, seed, **scheme_settings)
+    data = AttackData(train_latents, train_labels, test_latents, test_labels, classifier, receiver, len(classes),
+                      settings.message_length)
+    results = run_attack_suite(schemes, data, seed, restarts=settings.restarts, epochs=settings.epochs,
+                               grid_size=settings.timestep_grid)
+    images = image_inversion_suite(schemes, data, vae.decoder, seed, settings.restarts, settings.epochs)
+    nonce = nonce_reuse_suite(schemes, data, seed)
     levels = list(settings.noise_levels)
-    noise = {name: channel_noise_accuracy(get_scheme(name, vae.latent_dim, **scheme_settings), test_latents,
-                                          test_labels, classifier, levels, settings.message_length, seed)
-             for name in SCHEMES}
+    noise = {scheme.name: channel_noise_accuracy(scheme, test_latents, test_labels, classifier, levels,
+                                                 settings.message_length, seed) for scheme in schemes}
 
     default = [r for r in results if r.scheme == cipher.scheme]
     summary = {
@@ -156,7 +152,7 @@ def attack(config: Config, layout: Layout, context: tracking.TrackingContext) ->
         summary["inversion_psnr_db"][r.scheme][r.attacker] = round(r.psnr_db, 4)
         summary["inversion_ssim"][r.scheme][r.attacker] = round(r.ssim, 6)
     with tracking.stage_run(context, "attack"):
-        end_to_end = _end_to_end(config, models)
+        end_to_end = _end_to_end(config, models, schemes)
         summary["cer"] = {r.scheme: round(r.cer, 6) for r in end_to_end}
         summary["default_scheme_cer"] = summary["cer"][cipher.scheme]
         _write_outputs(config, layout, summary, results, images, nonce, levels, noise, end_to_end, sender)

@@ -20,6 +20,7 @@ from crypson.compute import derived_seed, resolve_device
 from crypson.config import Config
 from crypson.data.prepare import load_prepared
 from crypson.evaluate import figures, metrics
+from crypson.inference import sample_per_class
 from crypson.io import atomic_write_bytes, atomic_write_json
 from crypson.stages import image_quality
 from crypson.stages.common import write_csv
@@ -70,8 +71,8 @@ def evaluate(config: Config, layout: Layout, context: tracking.TrackingContext) 
     accuracy_real, per_class_real = metrics.accuracy_from_confusion(confusion_real)
 
     # Its own seed: these images must be new to the classifier, which trained on cGAN images too.
-    generated, generated_labels = metrics.generate_images(generator, config.evaluate.generated_per_class,
-                                                          derived_seed(config.seed, "evaluate"))
+    generated, generated_labels = sample_per_class(generator, config.evaluate.generated_per_class,
+                                                   derived_seed(config.seed, "evaluate"))
     predicted_generated, _ = metrics.receiver_predict(vae, classifier, generated, config.evaluate.batch_size)
     confusion_generated = metrics.confusion_matrix(predicted_generated, generated_labels, K)
     accuracy_generated, _ = metrics.accuracy_from_confusion(confusion_generated)

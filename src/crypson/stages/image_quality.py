@@ -18,7 +18,7 @@ from crypson.config import Config
 from crypson.data.prepare import PreparedData
 from crypson.evaluate import figures, quality
 from crypson.evaluate.attacks import wilson_interval
-from crypson.evaluate.metrics import generate_images
+from crypson.inference import chunked, sample_per_class
 from crypson.io import atomic_write_bytes
 from crypson.train.vae import reconstruction_grid, to_unit_range
 
@@ -31,11 +31,9 @@ def figures_dir(root: Path) -> Path:
     return root / "reports" / "figures"
 
 
-@torch.no_grad()
 def _latents(vae, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     device = next(vae.parameters()).device
-    return torch.cat([vae.encode_mean(images[s : s + batch_size].to(device)).float().cpu()
-                      for s in range(0, len(images), batch_size)])
+    return chunked(lambda batch: vae.encode_mean(batch.to(device)).float().cpu(), images, batch_size)
 
 
 def truncation_key(level: float | None) -> str:
@@ -84,8 +82,8 @@ def cgan_quality(config: Config, data: PreparedData, generator, generated: torch
     try:
         for level in config.evaluate.truncation_levels:
             generator.truncation = level
-            images, labels = generate_images(generator, config.evaluate.generated_per_class,
-                                             derived_seed(config.seed, f"truncation-{level}"))
+            images, labels = sample_per_class(generator, config.evaluate.generated_per_class,
+                                              derived_seed(config.seed, f"truncation-{level}"))
             results[truncation_key(level)] = float((quality.predict(judge, images) == labels).float().mean())
     finally:
         generator.truncation = own
@@ -111,7 +109,7 @@ def write_figures(config: Config, data: PreparedData, generator, vae, root: Path
     """Sample grid per class (one row a class), VAE reconstructions, latent PCA and t-SNE by class."""
     out = figures_dir(root)
     settings = config.evaluate
-    samples, _ = generate_images(generator, settings.grid_per_class, derived_seed(config.seed, "grid"))
+    samples, _ = sample_per_class(generator, settings.grid_per_class, derived_seed(config.seed, "grid"))
     title = f"cGAN samples, one row a class (truncation {generator.truncation})"
     atomic_write_bytes(out / FIGURES[0], figures.class_grid_png(samples, settings.grid_per_class, data.classes, title))
     originals = torch.from_numpy(data.test.images[:: max(1, len(data.test.images) // 32)][:32])

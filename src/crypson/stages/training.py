@@ -26,7 +26,7 @@ from crypson.compute import derived_seed, resolve_device, seed_everything
 from crypson.config import Config, section_params
 from crypson.data.prepare import PreparedData, load_prepared
 from crypson.evaluate import figures
-from crypson.evaluate.metrics import generate_images
+from crypson.inference import chunked, sample_per_class
 from crypson.io import atomic_write_json
 from crypson.models import cgan as cgan_model
 from crypson.models import classifier as classifier_model
@@ -160,8 +160,8 @@ def train_cgan(config: Config, layout: Layout, context: tracking.TrackingContext
                              {k: v.detach().cpu() for k, v in generator.state_dict().items()}, classes)
         artifacts.save_model(out / "discriminator.pt", "discriminator", d_params,
                              result.best_state["discriminator"], classes)
-        grid = figures.class_grid_figure(cgan_train.sample_grid(generator, section.samples_per_class, config.seed),
-                                         section.samples_per_class, classes,
+        samples, _ = sample_per_class(generator, section.samples_per_class, config.seed)
+        grid = figures.class_grid_figure(samples, section.samples_per_class, classes,
                                          f"cGAN samples, one row a class (truncation {section.truncation})")
         mlflow.log_figure(grid, "samples_per_class.png")
         figures.plt.close(grid)
@@ -227,8 +227,8 @@ def _undisputed(discriminator: torch.nn.Module, images: torch.Tensor, labels: to
     confirms (its argmax is the intended class); without a class head, of the first `per_class` of each."""
     if getattr(discriminator, "has_class_head", False):
         device = next(discriminator.parameters()).device
-        predicted = torch.cat([discriminator.classify(images[s : s + 512].to(device) * 2 - 1).argmax(1).cpu()
-                               for s in range(0, len(images), 512)])
+        predicted = chunked(lambda batch: discriminator.classify(batch.to(device) * 2 - 1).argmax(1).cpu(), images,
+                            512)
         agreed = predicted == labels
     else:
         agreed = torch.ones(len(labels), dtype=torch.bool)
@@ -245,12 +245,12 @@ def _generated_latents(layout: Layout, vae: torch.nn.Module, count: int, classes
     per_class = -(-count // classes)
     if filter_disputed:
         discriminator, _ = artifacts.load_model(layout.model_dir("cgan") / "discriminator.pt", "discriminator", device)
-        images, labels = generate_images(generator, math.ceil(per_class * DISPUTED_RESERVE), seed)
+        images, labels = sample_per_class(generator, math.ceil(per_class * DISPUTED_RESERVE), seed)
         rows = _undisputed(discriminator, images, labels, per_class)
         kept_fraction = len(rows) / (per_class * classes)
         images, labels = images[rows], labels[rows]
     else:
-        images, labels = generate_images(generator, per_class, seed)
+        images, labels = sample_per_class(generator, per_class, seed)
         kept_fraction = 1.0
     mu, logvar = classifier_train.encode_images(vae, images.mul(255).round().to(torch.uint8).squeeze(1))
     return mu[:count].cpu(), logvar[:count].cpu(), labels[:count], kept_fraction

@@ -234,15 +234,3 @@ class CganTask:
     def validate(self) -> dict[str, float]:
         return {}
 
-
-@torch.no_grad()
-def sample_grid(generator: Generator, per_class: int, seed: int) -> torch.Tensor:
-    """Fixed-noise samples, `per_class` of each class: (K * per_class, 1, 32, 32) in [0, 1]."""
-    was_training = generator.training
-    generator.eval()
-    device = generator.label_embedding.weight.device
-    class_index = torch.arange(generator.num_classes, device=device).repeat_interleave(per_class)
-    noise = generator.sample_noise(len(class_index), torch.Generator(device=device).manual_seed(seed))
-    images = generator.to_unit_range(generator(noise, class_index))
-    generator.train(was_training)
-    return images.float().cpu()

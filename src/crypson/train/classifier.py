@@ -10,22 +10,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crypson.inference import chunked
 from crypson.models.classifier import LatentClassifier
 from crypson.models.vae import VAE
 from crypson.train.vae import to_unit_range
 
 
-@torch.no_grad()
 def encode_images(vae: VAE, images_u8: torch.Tensor, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior (mu, logvar) of every image, computed once: the encoder is frozen here."""
     vae.eval()
     device = next(vae.parameters()).device
-    mus, logvars = [], []
-    for start in range(0, len(images_u8), batch_size):
-        mu, logvar = vae.encoder(to_unit_range(images_u8[start : start + batch_size].to(device)))
-        mus.append(mu.float())
-        logvars.append(logvar.float())
-    return torch.cat(mus), torch.cat(logvars)
+
+    def encode(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = vae.encoder(to_unit_range(batch.to(device)))
+        return mu.float(), logvar.float()
+
+    return chunked(encode, images_u8, batch_size)
 
 
 class ClassifierTask:
