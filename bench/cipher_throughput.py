@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from crypson import artifacts
+from crypson import model_files
 from crypson.cipher import codec
 from crypson.cipher.envelope import Envelope, seal, to_bytes
 from crypson.cipher.keys import SecretKey, derive_message_keys, generate_key, new_nonce, xor_with_stream
@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def build_models(config, device: torch.device) -> codec.CipherModels:
     classes = SPLIT_CLASSES[config.data.split]
-    generator, vae, classifier = (artifacts.build(kind, artifacts.hparams_from_config(kind, config, len(classes)))
+    generator, vae, classifier = (model_files.build(kind, model_files.hparams_from_config(kind, config, len(classes)))
                                   for kind in ("generator", "vae", "classifier"))
     return codec.CipherModels(generator.to(device), vae.to(device), classifier.to(device), tuple(classes))
 

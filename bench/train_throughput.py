@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from crypson import artifacts
+from crypson import model_files
 from crypson.config import load_config
 from crypson.train.cgan import CganTask
 from crypson.train.classifier import ClassifierTask
@@ -42,19 +42,19 @@ def make_task(name: str, config, device: torch.device, rows: int):
     labels = torch.randint(0, CLASSES, (rows,))
     if name == "cgan":
         c = config.cgan
-        generator = artifacts.build("generator", artifacts.hparams_from_config("generator", config, CLASSES))
-        discriminator = artifacts.build("discriminator", artifacts.hparams_from_config("discriminator", config, CLASSES))
+        generator = model_files.build("generator", model_files.hparams_from_config("generator", config, CLASSES))
+        discriminator = model_files.build("discriminator", model_files.hparams_from_config("discriminator", config, CLASSES))
         task = CganTask(generator.to(device), discriminator.to(device), c.lr, c.betas, c.loss, c.aux_weight,
                         c.ema_decay, c.class_margin)
         return task, (images, labels), c.batch_size
     if name == "vae":
         c = config.vae
-        vae = artifacts.build("vae", artifacts.hparams_from_config("vae", config, CLASSES)).to(device)
+        vae = model_files.build("vae", model_files.hparams_from_config("vae", config, CLASSES)).to(device)
         return VaeTask(vae, c.lr, c.betas, c.recon_weight, c.kl_weight, images[:c.batch_size], c.batch_size,
                        c.class_weight, labels[:c.batch_size]), (images, labels), c.batch_size
     c = config.classifier
     latents = torch.randn(rows, config.vae.latent_dim)
-    classifier = artifacts.build("classifier", artifacts.hparams_from_config("classifier", config, CLASSES)).to(device)
+    classifier = model_files.build("classifier", model_files.hparams_from_config("classifier", config, CLASSES)).to(device)
     task = ClassifierTask(classifier, c.lr, c.betas, {"real": (latents[:c.batch_size], labels[:c.batch_size])},
                           c.batch_size)
     return task, (latents, torch.zeros_like(latents) - 4, labels), c.batch_size

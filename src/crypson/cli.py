@@ -12,7 +12,7 @@ import yaml
 from crypson import stack as stack_cli
 from crypson.cipher import cli as cipher_cli
 from crypson.config import ConfigError, deep_merge, load_config, parse_config
-from crypson.io import atomic_write_bytes
+from crypson.files import atomic_write_bytes
 from crypson.kfp.cli import app as pipeline_app
 
 app = typer.Typer(help="Crypson: latent-space text encryption as an MLOps pipeline.", no_args_is_help=True)

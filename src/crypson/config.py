@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from crypson.cipher.envelope import SCHEME_IDS
+from crypson.cipher.scheme_ids import SCHEME_IDS
 
 SPLITS = ("balanced", "bymerge", "byclass", "letters", "digits", "mnist")
 

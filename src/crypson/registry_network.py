@@ -1,7 +1,7 @@
 """What MLflow runs to load one registered network as a pyfunc: MLflow's "models from code".
 
 Logged by `tracking.log_network` as the model's code, beside the network's weights file (weights +
-hyper-parameters, `crypson.artifacts`); nothing is pickled. `mlflow.pyfunc.load_model` on a version
+hyper-parameters, `crypson.model_files`); nothing is pickled. `mlflow.pyfunc.load_model` on a version
 rebuilds the module from this package's code and loads the weights with `weights_only=True`:
 
     generator:  (N,) class indices              -> (N, 1024) images in [0, 1] (fresh noise)
@@ -24,10 +24,10 @@ class RegisteredNetwork(PythonModel):
     """One of the three networks, rebuilt from code and weights."""
 
     def load_context(self, context: Any) -> None:
-        from crypson import artifacts
+        from crypson import model_files
 
         self.kind = context.model_config["kind"]
-        self.module, self.classes = artifacts.load_model(context.artifacts["weights"], self.kind, "cpu")
+        self.module, self.classes = model_files.load_model(context.artifacts["weights"], self.kind, "cpu")
 
     def predict(self, context: Any, model_input: Any, params: dict | None = None) -> Any:
         return network_predict(self.kind, self.module, model_input)

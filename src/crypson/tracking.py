@@ -28,7 +28,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 from torch import nn
 
-from crypson.io import file_sha256
+from crypson.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -292,14 +292,14 @@ def log_network(
 ) -> LoggedNetwork:
     """Log a network as its weights file + the code that rebuilds it; load it back and check it.
 
-    Nothing is pickled: the artifact is the `crypson.artifacts` file (tensors and plain
+    Nothing is pickled: the artifact is the `crypson.model_files` file (tensors and plain
     hyper-parameters, loaded with `weights_only=True`) and the model's code is `registry_network.py`
     (MLflow "models from code"). The loaded-back copy must compute what `model` does.
 
     Args:
         model: the trained module (eval mode is set here), saved in `weights`.
-        weights: its `crypson.artifacts` file.
-        kind: generator | vae | classifier (what `artifacts.load_model` rebuilds).
+        weights: its `crypson.model_files` file.
+        kind: generator | vae | classifier (what `model_files.load_model` rebuilds).
         name: artifact name within the run.
         probe: example inputs; compare: function(model, probe) -> a tensor compared between the two.
         step: the training step (epoch) the weights come from: the logged model shows that step's metrics.
@@ -348,13 +348,13 @@ def _download_verified(model_uri: str, file: str, sha256: str, what: str) -> Pat
 
 def load_weights_only(path: Path, kind: str, what: str,
                       device: torch.device | str = "cpu") -> tuple[nn.Module, tuple[str, ...]]:
-    """`artifacts.load_model` (weights_only=True), a file that needs pickle refused by name."""
+    """`model_files.load_model` (weights_only=True), a file that needs pickle refused by name."""
     import pickle
 
-    from crypson import artifacts
+    from crypson import model_files
 
     try:
-        return artifacts.load_model(path, kind, device)
+        return model_files.load_model(path, kind, device)
     except pickle.UnpicklingError as error:
         raise WeightsIntegrityError(f"{what}: {Path(path).name} is not a weights-only file; refusing to unpickle "
                                     f"it ({str(error).splitlines()[0][:120]})") from None

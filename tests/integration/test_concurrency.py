@@ -28,12 +28,12 @@ WORKER = textwrap.dedent("""
 
     go, passed, out = Path(sys.argv[1]), sys.argv[2] == "pass", Path(sys.argv[3])
     experiment = tracking.configure(sys.argv[4], "crypson-concurrency")
-    from crypson import artifacts
+    from crypson import model_files
 
     hparams = {"latent_dim": 2, "channels": [2, 2, 4, 4], "num_classes": 3, "hidden": 4, "dropout": 0.0}
-    model = artifacts.build("classifier", hparams).eval()
+    model = model_files.build("classifier", hparams).eval()
     weights = out.with_suffix(".pt")
-    artifacts.save_model(weights, "classifier", hparams, model.state_dict(), ("A", "B", "C"))
+    model_files.save_model(weights, "classifier", hparams, model.state_dict(), ("A", "B", "C"))
     out.with_suffix(".ready").touch()
     while not go.exists():
         time.sleep(0.05)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from crypson import artifacts
+from crypson import model_files
 from crypson.cli import app
 
 CLASSES = tuple("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabdefghnqrt")
@@ -27,8 +27,8 @@ def folder(tmp_path_factory):
         ("classifier", "classifier"): {**VAE_PARAMS, "num_classes": len(CLASSES), "hidden": 8, "dropout": 0.0},
     }
     for (stage, kind), hparams in specs.items():
-        module = artifacts.build(kind, hparams)
-        artifacts.save_model(root / "models" / stage / f"{kind}.pt", kind, hparams, module.state_dict(), CLASSES)
+        module = model_files.build(kind, hparams)
+        model_files.save_model(root / "models" / stage / f"{kind}.pt", kind, hparams, module.state_dict(), CLASSES)
         (root / "models" / stage / "registration.json").write_text(
             json.dumps({"name": f"crypson-{stage}", "version": "1"}))
     return root

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from crypson import artifacts
+from crypson import model_files
 from crypson.config import parse_config
 from crypson.stages.evaluation import check_gates
 
@@ -61,7 +61,7 @@ def registered(tmp_path, monkeypatch):
 
     from crypson import tracking
     from crypson.models.vae import VAE
-    from crypson.stages.layout import Layout
+    from crypson.layout import Layout
 
     monkeypatch.chdir(tmp_path)
     experiment = tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", "test", tmp_path / "artifacts")
@@ -70,7 +70,7 @@ def registered(tmp_path, monkeypatch):
     vae = VAE(latent_dim=2, channels=(2, 2, 4, 4)).eval()
     layout = Layout(tmp_path / "run")
     weights = tmp_path / "vae.pt"
-    artifacts.save_model(weights, "vae", {"latent_dim": 2, "channels": [2, 2, 4, 4]}, vae.state_dict(), ("A",))
+    model_files.save_model(weights, "vae", {"latent_dim": 2, "channels": [2, 2, 4, 4]}, vae.state_dict(), ("A",))
     with tracking.stage_run(context, "train_vae"):
         uri = tracking.log_network(vae, weights, "vae", "vae", (torch.rand(1, 1, 32, 32),),
                                    lambda m, p: m.encode_mean(p[0])).model_uri
@@ -123,9 +123,9 @@ def test_promote_moves_champion_only_when_every_gate_passes(registered, advantag
     ("classifier", {"latent_dim": 2, "channels": [2, 2, 4, 4], "num_classes": 3, "hidden": 4, "dropout": 0.1}),
 ])
 def test_model_files_round_trip(tmp_path, kind, hparams):
-    module = artifacts.build(kind, hparams)
-    artifacts.save_model(tmp_path / "m.pt", kind, hparams, module.state_dict(), ("a", "b", "c"))
-    loaded, classes = artifacts.load_model(tmp_path / "m.pt", kind)
+    module = model_files.build(kind, hparams)
+    model_files.save_model(tmp_path / "m.pt", kind, hparams, module.state_dict(), ("a", "b", "c"))
+    loaded, classes = model_files.load_model(tmp_path / "m.pt", kind)
     assert classes == ("a", "b", "c") and not loaded.training
     for key, value in module.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
@@ -133,8 +133,17 @@ def test_model_files_round_trip(tmp_path, kind, hparams):
 
 def test_loading_the_wrong_kind_is_a_clear_error(tmp_path):
     hparams = {"latent_dim": 2, "channels": [2, 2, 4, 4]}
-    artifacts.save_model(tmp_path / "vae.pt", "vae", hparams, artifacts.build("vae", hparams).state_dict(), ("a",))
+    model_files.save_model(tmp_path / "vae.pt", "vae", hparams, model_files.build("vae", hparams).state_dict(), ("a",))
     with pytest.raises(ValueError, match="holds a 'vae' model.*expected 'generator'"):
-        artifacts.load_model(tmp_path / "vae.pt", "generator")
+        model_files.load_model(tmp_path / "vae.pt", "generator")
     with pytest.raises(FileNotFoundError, match="run its training stage"):
-        artifacts.load_model(tmp_path / "missing.pt", "vae")
+        model_files.load_model(tmp_path / "missing.pt", "vae")
+
+
+def test_versions_logged_before_the_rename_still_load():
+    """Every version registered before crypson.artifacts became crypson.model_files stores a
+    registry_network.py that does `from crypson import artifacts`: that module must keep working."""
+    from crypson import artifacts, model_files
+
+    for name in artifacts.__all__:
+        assert getattr(artifacts, name) is getattr(model_files, name)

@@ -7,7 +7,7 @@ import pytest
 from crypson.data.prepare import (
     ImageSet, PreparedData, load_prepared, metadata_table, pad_to, stratified_split, write_prepared,
 )
-from crypson.io import atomic_directory
+from crypson.files import atomic_directory
 
 
 def test_pad_centres_28_in_32():

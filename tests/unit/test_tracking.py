@@ -8,7 +8,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from crypson import artifacts, tracking
+from crypson import model_files, tracking
 from crypson.models.vae import VAE
 
 
@@ -86,7 +86,7 @@ def _logged_vae(tmp_path) -> tuple[VAE, tracking.LoggedNetwork]:
     """A tiny VAE saved as a weights file and logged (inside an active run)."""
     vae = VAE(latent_dim=2, channels=(2, 2, 4, 4)).eval()
     weights = tmp_path / "vae.pt"
-    artifacts.save_model(weights, "vae", {"latent_dim": 2, "channels": [2, 2, 4, 4]}, vae.state_dict(), ("A", "B"))
+    model_files.save_model(weights, "vae", {"latent_dim": 2, "channels": [2, 2, 4, 4]}, vae.state_dict(), ("A", "B"))
     return vae, tracking.log_network(vae, weights, "vae", "vae", (torch.rand(2, 1, 32, 32),),
                                      lambda m, p: m.encode_mean(p[0]))
 
@@ -176,7 +176,7 @@ def test_a_planted_pickle_in_the_store_is_refused_and_never_runs(store, tmp_path
 
 def test_a_changed_weights_file_is_refused_naming_the_model_and_version(store, tmp_path):
     other = tmp_path / "other.pt"
-    artifacts.save_model(other, "vae", {"latent_dim": 2, "channels": [2, 2, 4, 4]},
+    model_files.save_model(other, "vae", {"latent_dim": 2, "channels": [2, 2, 4, 4]},
                          VAE(latent_dim=2, channels=(2, 2, 4, 4)).state_dict(), ("A", "B"))
     version = _register_file(store, tmp_path, other, "0" * 64)
     with pytest.raises(tracking.WeightsIntegrityError,

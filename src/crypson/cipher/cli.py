@@ -49,10 +49,10 @@ def _config(params: Path) -> Config:
 
 
 def _models(spec: str, device: str):
-    from crypson import artifacts
+    from crypson import model_files
     from crypson.cipher import loading
 
-    artifacts.refuse_pickle_loads()  # this process holds the key
+    model_files.refuse_pickle_loads()  # this process holds the key
 
     if Path(spec).is_dir():
         return loading.from_directory(Path(spec), device)
@@ -80,7 +80,7 @@ def _write_output(payload: bytes, target: Path | None, private: bool = False) ->
         sys.stdout.buffer.write(payload)
         sys.stdout.buffer.flush()
     else:
-        from crypson.io import atomic_write_bytes
+        from crypson.files import atomic_write_bytes
 
         atomic_write_bytes(target, payload, private=private)
 
@@ -184,7 +184,7 @@ def _save_handwriting(path: Path, rows: list) -> None:
     import torch
 
     from crypson.evaluate.figures import image_grid_png
-    from crypson.io import atomic_write_bytes
+    from crypson.files import atomic_write_bytes
 
     width = max((len(r) for r in rows), default=1) or 1
     grid = torch.cat([torch.cat([r, r.new_zeros(width - len(r), 1, 32, 32)]) for r in rows])

@@ -46,12 +46,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac
 
 from crypson.cipher.keys import KEY_BYTES, NONCE_BYTES
+from crypson.cipher.scheme_ids import SCHEME_IDS  # each mask scheme's one-byte id: its position there
 
 FORMAT_VERSION = 2  # 2: stream, part and final under the tag (1 had none)
-# Each mask scheme's one-byte id on the wire is its position here. Append only: every ciphertext already
-# sent carries its scheme's id, so a reordered, renamed or removed entry would misread it. The schemes
-# themselves are registered in crypson.cipher.masks, in this order (tested).
-SCHEME_IDS = ("report", "keyed-timestep", "keyed-gaussian", "keyed-modular")
 MAGIC = b"CRYP"
 TAG_BYTES = 32  # HMAC-SHA256 output
 MAC_KEY_BYTES = KEY_BYTES

@@ -7,18 +7,13 @@ import json
 import logging
 from pathlib import Path
 
-import mlflow
 import torch
-from mlflow import MlflowClient
 
-from crypson import artifacts
+from crypson import model_files
 from crypson.cipher.codec import CipherModels
-from crypson.tracking import MODEL_NAMES, load_registered_network
+from crypson.layout import MODEL_KINDS, Layout
 
 log = logging.getLogger(__name__)
-
-# The registered model of each stage -> the network kind its weights file holds.
-NETWORK_KINDS = {"cgan": "generator", "vae": "vae", "classifier": "classifier"}
 
 
 def from_registry(alias: str = "champion", device: torch.device | str = "cpu") -> CipherModels:
@@ -28,6 +23,11 @@ def from_registry(alias: str = "champion", device: torch.device | str = "cpu") -
         LookupError: an alias that is missing on a model, or a classifier trained on another VAE.
         tracking.WeightsIntegrityError: a weights file that is not the one its version recorded.
     """
+    import mlflow
+    from mlflow import MlflowClient
+
+    from crypson.tracking import MODEL_NAMES, load_registered_network
+
     client = MlflowClient()
     modules, versions, tags = {}, {}, {}
     for kind in ("cgan", "vae", "classifier"):
@@ -51,22 +51,21 @@ def from_registry(alias: str = "champion", device: torch.device | str = "cpu") -
 
 
 def from_directory(root: Path, device: torch.device | str = "cpu") -> CipherModels:
-    """The models a pipeline run wrote under `root`/models, with their registered versions."""
-    models = Path(root) / "models"
-    generator, classes = artifacts.load_model(models / "cgan" / "generator.pt", "generator", device)
-    vae, _ = artifacts.load_model(models / "vae" / "vae.pt", "vae", device)
-    classifier, classifier_classes = artifacts.load_model(models / "classifier" / "classifier.pt", "classifier", device)
+    """The models a pipeline run wrote under `root`/models, with their registered versions: the one loader
+    of the trained set (the cipher, the evaluate and attack stages)."""
+    layout = Layout(Path(root))
+    (generator, classes), (vae, _), (classifier, classifier_classes) = (
+        model_files.load_network(layout, kind, device) for kind in MODEL_KINDS)
     if classes != classifier_classes:
-        raise ValueError(f"the cGAN and the classifier in {models} were trained on different classes")
+        raise ValueError(f"the cGAN and the classifier in {layout.root / 'models'} were trained on different classes")
     versions = {}
-    for kind in ("cgan", "vae", "classifier"):
-        record = models / kind / "registration.json"
-        if record.is_file():
-            registration = json.loads(record.read_text())
+    for kind in MODEL_KINDS:
+        if layout.registration(kind).is_file():
+            registration = json.loads(layout.registration(kind).read_text())
             versions[registration["name"]] = str(registration["version"])
     if len(versions) != 3:
         # Without the versions, decrypt cannot check that the ciphertext was made with these models.
         log.warning("%s lacks a registration.json of %d of the 3 models: ciphertexts carry no model versions "
-                    "and decrypt does not check them", models, 3 - len(versions))
+                    "and decrypt does not check them", layout.root / "models", 3 - len(versions))
         versions = {}
     return CipherModels(generator, vae, classifier, classes, versions)

@@ -15,7 +15,7 @@ E is the report's sinusoidal timestep embedding + MLP with PUBLIC weights (seede
 `public_timestep_embedding`). All payload numbers are big-endian.
 
 `MASK_SCHEMES` is the one registry: name -> class, in the order of the envelope's wire ids
-(`envelope.SCHEME_IDS`, append-only). Each class says what the rest of the code needs to know of
+(`scheme_ids.SCHEME_IDS`, append-only). Each class says what the rest of the code needs to know of
 it: `keyed`, `payload_dtype`, `exact` and `settings`; `get_scheme` builds one by name.
 """
 

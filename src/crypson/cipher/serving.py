@@ -76,11 +76,11 @@ class CipherService(mlflow.pyfunc.PythonModel):
     """Encrypt/decrypt rows in batches with the bundled networks and the server's key."""
 
     def load_context(self, context: Any) -> None:
-        from crypson.artifacts import refuse_pickle_loads
+        from crypson.model_files import refuse_pickle_loads
         from crypson.cipher.codec import CipherModels
-        from crypson.cipher.loading import NETWORK_KINDS
+        from crypson.layout import NETWORK_KINDS
         from crypson.cipher.masks import get_scheme
-        from crypson.io import file_sha256
+        from crypson.files import file_sha256
         from crypson.tracking import WeightsIntegrityError, load_weights_only
 
         refuse_pickle_loads()  # the server holds the key

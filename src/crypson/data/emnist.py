@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from crypson.data.idx import read_idx, write_idx
-from crypson.io import atomic_write_bytes
+from crypson.files import atomic_write_bytes
 
 EMNIST_ARCHIVE_URL = "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"
 IMAGE_SIDE = 28

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from crypson.data.emnist import IMAGE_SIDE, SPLIT_CLASSES, EmnistData, write_emnist
-from crypson.io import atomic_write_bytes, file_sha256
+from crypson.files import atomic_write_bytes, file_sha256
 
 MANIFEST_NAME = "glyphs-manifest.json"
 STYLES = ("print", "handwriting")

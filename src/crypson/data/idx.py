@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crypson.io import atomic_write_bytes
+from crypson.files import atomic_write_bytes
 
 # dtype code byte -> big-endian numpy dtype, as listed in the IDX specification.
 IDX_DTYPES: dict[int, np.dtype] = {

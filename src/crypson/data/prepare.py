@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from crypson.io import atomic_directory
+from crypson.files import atomic_directory
 
 SPLIT_NAMES = ("train", "val", "test")
 

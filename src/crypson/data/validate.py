@@ -26,7 +26,7 @@ from great_expectations.data_context.types.base import (  # noqa: E402
 )
 from great_expectations.expectations.row_conditions import Column  # noqa: E402
 
-from crypson.io import atomic_write_json
+from crypson.files import atomic_write_json
 
 SPLITS = ("train", "val", "test")
 REQUIRED_COLUMNS = ("split", "label", "char", "height", "width", "mean", "std", "min", "max", "nan_count",

@@ -13,7 +13,7 @@ import typer
 import yaml
 
 from crypson.config import ConfigError, parse_config
-from crypson.io import atomic_write_bytes
+from crypson.files import atomic_write_bytes
 from crypson.provenance import git, git_commit
 
 app = typer.Typer(help="The Kubeflow pipeline: compile, run locally (kfp.local), submit to a KFP server.",

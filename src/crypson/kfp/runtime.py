@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import yaml
 
 from crypson.config import Config, parse_config
-from crypson.stages.layout import Layout
+from crypson.layout import REGISTRATION_FILE, Layout
 from crypson.stages.runner import DATA_STAGES, STAGES, configure_logging
 from crypson.stages.runner import run_stage as run_stage_in
 
@@ -216,7 +216,7 @@ def confusion_matrix(predictions_csv: str, prepared: str) -> tuple[list[str], li
 
 def registration(model: str) -> dict[str, str]:
     """The MLflow registration a training stage recorded in its model folder (name, version, run)."""
-    return json.loads((Path(model) / "registration.json").read_text())
+    return json.loads((Path(model) / REGISTRATION_FILE).read_text())
 
 
 RAW_DATA = "data/raw"  # the DVC-tracked output of the ingest stage (dvc.yaml)
@@ -239,7 +239,7 @@ def fetch_versioned_raw(destination: Path, repo_url: str, rev: str, remote: str 
     """
     from dvc.api import DVCFileSystem
 
-    from crypson.io import atomic_directory
+    from crypson.files import atomic_directory
 
     if not rev:
         raise ValueError(f"data_rev is required with data_repo_url {repo_url!r}: a commit or tag, "

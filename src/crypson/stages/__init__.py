@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from crypson.stages.layout import Layout
+from crypson.layout import Layout
 
 # Stage name -> its module under crypson.stages, in pipeline order (dvc.yaml's, tested).
 STAGE_MODULES = {"ingest": "data", "prepare": "data", "validate": "data", "train_cgan": "training",

@@ -18,8 +18,8 @@ import mlflow
 import numpy as np
 import torch
 
-from crypson import artifacts, tracking
-from crypson.cipher import codec
+from crypson import tracking
+from crypson.cipher import codec, loading
 from crypson.cipher.keys import KEY_BYTES, SecretKey
 from crypson.cipher.masks import SCHEMES, MaskScheme, get_scheme
 from crypson.compute import derived_seed
@@ -31,9 +31,9 @@ from crypson.evaluate.corpus import MESSAGES
 from crypson.evaluate.inversion import image_inversion_suite, nonce_reuse_suite
 from crypson.evaluate.report import (EndToEnd, SenderCheck, attacks_markdown, class_error_bounds, misread_chance,
                                      security_quality_markdown)
-from crypson.io import atomic_write_bytes, atomic_write_json
+from crypson.files import atomic_write_bytes, atomic_write_json
 from crypson.stages.common import write_csv
-from crypson.stages.layout import Layout
+from crypson.layout import Layout
 from crypson.stages.image_quality import FIGURES, figures_dir
 
 # Logged against each scored model (MLflow LoggedModel metrics), beside the evaluation's figures.
@@ -93,10 +93,8 @@ def _end_to_end(config: Config, models: codec.CipherModels, schemes: list[MaskSc
 def attack(config: Config, layout: Layout, context: tracking.TrackingContext) -> dict:
     """Every attacker against every mask scheme, end-to-end and noise checks; DVC metrics, report, MLflow run."""
     settings, cipher = config.attack, config.cipher
-    generator, classes = artifacts.load_model(layout.model_dir("cgan") / "generator.pt", "generator")
-    vae, _ = artifacts.load_model(layout.model_dir("vae") / "vae.pt", "vae")
-    classifier, _ = artifacts.load_model(layout.model_dir("classifier") / "classifier.pt", "classifier")
-    models = codec.CipherModels(generator, vae, classifier, classes)
+    models = loading.from_directory(layout.root)
+    vae, classifier, classes = models.vae, models.classifier, models.classes
     # Every registered scheme, with the configured settings; `sent` is the one the cipher uses.
     schemes = [get_scheme(name, vae.latent_dim, **cipher.scheme_settings) for name in SCHEMES]
     sent = schemes[SCHEMES.index(cipher.scheme)]

@@ -1,4 +1,4 @@
-"""The plumbing the stages share: CSV outputs and what they log to MLflow (paths: crypson.stages.layout)."""
+"""The plumbing the stages share: CSV outputs and what they log to MLflow (paths: crypson.layout)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import mlflow  # noqa: E402
 import torch  # noqa: E402
 
 from crypson.evaluate.figures import grid_pixels  # noqa: E402
-from crypson.io import atomic_write_bytes  # noqa: E402
+from crypson.files import atomic_write_bytes  # noqa: E402
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

@@ -12,8 +12,8 @@ from crypson.config import Config
 from crypson.data.emnist import download_emnist, file_names, load_emnist
 from crypson.data.glyphs import GlyphStyle, generate_glyphs, resolve_fonts
 from crypson.data.prepare import ImageSet, PreparedData, hash_files, pad_to, stratified_split, write_prepared
-from crypson.io import atomic_directory
-from crypson.stages.layout import Layout
+from crypson.files import atomic_directory
+from crypson.layout import Layout
 
 
 class DataValidationError(RuntimeError):

@@ -15,16 +15,17 @@ import math
 import mlflow
 import torch
 
-from crypson import artifacts, tracking
+from crypson import tracking
+from crypson.cipher import loading
 from crypson.compute import derived_seed, resolve_device
 from crypson.config import Config
 from crypson.data.prepare import load_prepared
 from crypson.evaluate import figures, metrics
 from crypson.inference import sample_per_class
-from crypson.io import atomic_write_bytes, atomic_write_json
+from crypson.files import atomic_write_bytes, atomic_write_json
 from crypson.stages import image_quality
 from crypson.stages.common import write_csv
-from crypson.stages.layout import Layout
+from crypson.layout import Layout
 from crypson.train.vae import to_unit_range
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,8 @@ def evaluate(config: Config, layout: Layout, context: tracking.TrackingContext) 
 
     device = resolve_device(config.device)
     data = load_prepared(layout.prepared)
-    generator, _ = artifacts.load_model(layout.model_dir("cgan") / "generator.pt", "generator", device)
-    vae, _ = artifacts.load_model(layout.model_dir("vae") / "vae.pt", "vae", device)
-    classifier, classes = artifacts.load_model(layout.model_dir("classifier") / "classifier.pt", "classifier", device)
+    models = loading.from_directory(layout.root, device)
+    generator, vae, classifier, classes = models.generator, models.vae, models.classifier, models.classes
     if classes != data.classes:
         raise ValueError(f"the classifier was trained on classes {''.join(classes)!r}, "
                          f"the data has {''.join(data.classes)!r}: re-run the pipeline")

@@ -19,7 +19,7 @@ from crypson.data.prepare import PreparedData
 from crypson.evaluate import figures, quality
 from crypson.evaluate.attacks import wilson_interval
 from crypson.inference import chunked, sample_per_class
-from crypson.io import atomic_write_bytes
+from crypson.files import atomic_write_bytes
 from crypson.train.vae import reconstruction_grid, to_unit_range
 
 FIGURES = ("samples_per_class.png", "reconstructions.png", "latent_pca.png", "latent_tsne.png")

@@ -21,18 +21,18 @@ from typing import Any
 import mlflow
 import torch
 
-from crypson import artifacts, tracking
+from crypson import model_files, tracking
 from crypson.compute import derived_seed, resolve_device, seed_everything
 from crypson.config import Config, section_params
 from crypson.data.prepare import PreparedData, load_prepared
 from crypson.evaluate import figures
 from crypson.inference import chunked, sample_per_class
-from crypson.io import atomic_write_json
+from crypson.files import atomic_write_json
 from crypson.models import cgan as cgan_model
 from crypson.models import classifier as classifier_model
 from crypson.models import vae as vae_model
 from crypson.stages.common import log_image_grid, log_loss_curves, write_csv
-from crypson.stages.layout import Layout
+from crypson.layout import DISCRIMINATOR_FILE, Layout
 from crypson.train import cgan as cgan_train
 from crypson.train import classifier as classifier_train
 from crypson.train import distributed, loop
@@ -105,7 +105,7 @@ def _tracked_fit(task: loop.TrainTask, batches: InMemoryBatches, settings: LoopS
 
 def _finish(layout: Layout, stage: str, result: FitResult, registration: dict[str, str]) -> None:
     """Stage outputs for DVC: registration record, final metrics, per-epoch plot; then drop the checkpoint."""
-    atomic_write_json(layout.model_dir(stage.removeprefix("train_")) / "registration.json", registration)
+    atomic_write_json(layout.registration(stage.removeprefix("train_")), registration)
     # The metrics of the epoch whose weights were kept; timings are machine noise, not metrics.
     best = {key: round(value, 6) for key, value in result.history[result.best_epoch].items()
             if not key.endswith(("_second", "_seconds"))}
@@ -136,10 +136,10 @@ def train_cgan(config: Config, layout: Layout, context: tracking.TrackingContext
     section, classes = config.cgan, data.classes
     settings = _settings(config, layout, "cgan", data, (cgan_model, cgan_train), progress)
     seed_everything(config.seed)
-    g_params = artifacts.hparams_from_config("generator", config, len(classes))
-    d_params = artifacts.hparams_from_config("discriminator", config, len(classes))
-    generator = artifacts.build("generator", g_params).to(settings.device)
-    discriminator = artifacts.build("discriminator", d_params).to(settings.device)
+    g_params = model_files.hparams_from_config("generator", config, len(classes))
+    d_params = model_files.hparams_from_config("discriminator", config, len(classes))
+    generator = model_files.build("generator", g_params).to(settings.device)
+    discriminator = model_files.build("discriminator", d_params).to(settings.device)
     task = cgan_train.CganTask(generator, discriminator, section.lr, section.betas, section.loss,
                                section.aux_weight, section.ema_decay, section.class_margin, section.mode_seeking)
     batches = InMemoryBatches((torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)),
@@ -156,9 +156,9 @@ def train_cgan(config: Config, layout: Layout, context: tracking.TrackingContext
                                            derived_seed(config.seed, "ema-batchnorm"))
         generator.eval()
         out = layout.model_dir("cgan")
-        artifacts.save_model(out / "generator.pt", "generator", g_params,
+        model_files.save_model(layout.model_file("cgan"), "generator", g_params,
                              {k: v.detach().cpu() for k, v in generator.state_dict().items()}, classes)
-        artifacts.save_model(out / "discriminator.pt", "discriminator", d_params,
+        model_files.save_model(out / DISCRIMINATOR_FILE, "discriminator", d_params,
                              result.best_state["discriminator"], classes)
         samples, _ = sample_per_class(generator, section.samples_per_class, config.seed)
         grid = figures.class_grid_figure(samples, section.samples_per_class, classes,
@@ -167,7 +167,7 @@ def train_cgan(config: Config, layout: Layout, context: tracking.TrackingContext
         figures.plt.close(grid)
         log_loss_curves(result.history, ["loss_discriminator", "loss_generator"], "loss_curves.png")
         probe = (torch.randn(4, section.noise_dim), torch.arange(4) % len(classes))
-        logged = tracking.log_network(generator, out / "generator.pt", "generator", "generator", probe,
+        logged = tracking.log_network(generator, layout.model_file("cgan"), "generator", "generator", probe,
                                       lambda m, p: m(*p), step=result.best_epoch)
         registration = _register(context, "cgan", logged, data,
                                  "Conditional GAN: (noise, class index) -> 32x32 character image in [-1, 1].",
@@ -182,8 +182,8 @@ def vae_task(config: Config, data: PreparedData, device: torch.device) -> tuple[
     """What the VAE stage trains: (hyper-parameters, the VAE they build, the task with the configured loss
     weights and the validation split)."""
     section = config.vae
-    params = artifacts.hparams_from_config("vae", config, len(data.classes))
-    vae = artifacts.build("vae", params).to(device)
+    params = model_files.hparams_from_config("vae", config, len(data.classes))
+    vae = model_files.build("vae", params).to(device)
     task = vae_train.VaeTask(vae, section.lr, section.betas, section.recon_weight, section.kl_weight,
                              torch.from_numpy(data.val.images), section.batch_size, section.class_weight,
                              torch.from_numpy(data.val.labels))
@@ -204,12 +204,12 @@ def train_vae(config: Config, layout: Layout, context: tracking.TrackingContext 
         if not settings.world.is_main:
             return {}
         vae.load_state_dict(result.best_state["vae"])
-        artifacts.save_model(layout.model_dir("vae") / "vae.pt", "vae", params, result.best_state["vae"], data.classes)
+        model_files.save_model(layout.model_file("vae"), "vae", params, result.best_state["vae"], data.classes)
         sample = torch.from_numpy(data.test.images[:32])
         log_image_grid(vae_train.reconstruction_grid(vae, sample), "reconstructions.png", columns=16)
         log_loss_curves(result.history, ["loss", "val_loss"], "loss_curves.png")
         probe = (vae_train.to_unit_range(sample[:4]),)
-        logged = tracking.log_network(vae, layout.model_dir("vae") / "vae.pt", "vae", "vae", probe,
+        logged = tracking.log_network(vae, layout.model_file("vae"), "vae", "vae", probe,
                                       lambda m, p: m.decoder(m.encode_mean(p[0])).flatten(), step=result.best_epoch)
         registration = _register(context, "vae", logged, data,
                                  f"VAE: 32x32 image in [0, 1] <-> {section.latent_dim}-d latent (encode_mean, decoder).")
@@ -241,10 +241,10 @@ def _generated_latents(layout: Layout, vae: torch.nn.Module, count: int, classes
     """(mu, logvar, labels, kept fraction) of about `count` class-balanced cGAN images: the images the
     cipher encodes. With `filter_disputed`, images whose class the discriminator's class head disputes
     are left out (they are not trustworthy labelled data); the judge never takes part in training."""
-    generator, _ = artifacts.load_model(layout.model_dir("cgan") / "generator.pt", "generator", device)
+    generator, _ = model_files.load_network(layout, "cgan", device)
     per_class = -(-count // classes)
     if filter_disputed:
-        discriminator, _ = artifacts.load_model(layout.model_dir("cgan") / "discriminator.pt", "discriminator", device)
+        discriminator, _ = model_files.load_model(layout.model_dir("cgan") / DISCRIMINATOR_FILE, "discriminator", device)
         images, labels = sample_per_class(generator, math.ceil(per_class * DISPUTED_RESERVE), seed)
         rows = _undisputed(discriminator, images, labels, per_class)
         kept_fraction = len(rows) / (per_class * classes)
@@ -269,13 +269,13 @@ def train_classifier(config: Config, layout: Layout, context: tracking.TrackingC
     section = config.classifier
     settings = _settings(config, layout, "classifier", data,
                          (classifier_model, classifier_train, vae_model), progress)
-    vae_path, cgan_path = layout.model_dir("vae") / "vae.pt", layout.model_dir("cgan") / "generator.pt"
-    vae_registration = json.loads((layout.model_dir("vae") / "registration.json").read_text())
-    cgan_registration = json.loads((layout.model_dir("cgan") / "registration.json").read_text())
+    vae_path, cgan_path = layout.model_file("vae"), layout.model_file("cgan")
+    vae_registration = json.loads(layout.registration("vae").read_text())
+    cgan_registration = json.loads(layout.registration("cgan").read_text())
     # The VAE's and the cGAN's weights are part of what a classifier checkpoint depends on.
     settings = dataclasses.replace(settings, fingerprint=fingerprint_of(settings.fingerprint,
                                                                          files=(vae_path, cgan_path)))
-    vae, _ = artifacts.load_model(vae_path, "vae", settings.device)
+    vae, _ = model_files.load_network(layout, "vae", settings.device)
     seed_everything(config.seed)
     classes = len(data.classes)
     params = {"latent_dim": vae.latent_dim, "channels": list(vae.channels), "decoder_output": vae.decoder_output,
@@ -308,11 +308,11 @@ def train_classifier(config: Config, layout: Layout, context: tracking.TrackingC
         # Share of drawn cGAN images the discriminator's class head confirmed (1.0: no class head, all used).
         mlflow.log_metric("generated_undisputed_fraction", kept_fraction)
         classifier.load_state_dict(result.best_state["classifier"])
-        artifacts.save_model(layout.model_dir("classifier") / "classifier.pt", "classifier", params,
+        model_files.save_model(layout.model_file("classifier"), "classifier", params,
                              result.best_state["classifier"], data.classes)
         log_loss_curves(result.history, [k for k in result.history[0] if k.startswith("val_accuracy")],
                         "accuracy_curves.png")
-        logged = tracking.log_network(classifier, layout.model_dir("classifier") / "classifier.pt", "classifier",
+        logged = tracking.log_network(classifier, layout.model_file("classifier"), "classifier",
                                       "classifier", (val_mu[:4].cpu(),), lambda m, p: m(*p), step=result.best_epoch)
         registration = _register(
             context, "classifier", logged, data,

@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from crypson.compute import seed_everything
-from crypson.io import atomic_write_bytes
+from crypson.files import atomic_write_bytes
 from crypson.train import distributed
 from crypson.train.distributed import World
 

@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import Any
 
 MODEL_KINDS = ("cgan", "vae", "classifier")  # the three trained models, in the order they are trained
+# Each model's network file (crypson.model_files: weights + hyper-parameters) and the network kind it holds.
+MODEL_FILES = {"cgan": "generator.pt", "vae": "vae.pt", "classifier": "classifier.pt"}
+NETWORK_KINDS = {"cgan": "generator", "vae": "vae", "classifier": "classifier"}
+DISCRIMINATOR_FILE = "discriminator.pt"  # beside the generator: its class head filters the classifier's data
+REGISTRATION_FILE = "registration.json"
 
 
 @dataclass(frozen=True)
@@ -36,9 +41,13 @@ class Layout:
     def model_dir(self, name: str) -> Path:
         return self.root / "models" / name
 
+    def model_file(self, kind: str) -> Path:
+        """The network file of model `kind` (MODEL_KINDS)."""
+        return self.model_dir(kind) / MODEL_FILES[kind]
+
     def registration(self, kind: str) -> Path:
         """The registry record a training stage writes beside its model (name, version, run, model id)."""
-        return self.model_dir(kind) / "registration.json"
+        return self.model_dir(kind) / REGISTRATION_FILE
 
     def registrations(self) -> dict[str, dict[str, Any]]:
         """kind -> registration record of the three trained models."""
