@@ -11,7 +11,7 @@ import torch
 
 from crypson import model_files
 from crypson.cipher.codec import CipherModels
-from crypson.layout import MODEL_KINDS, Layout
+from crypson.layout import MODEL_KINDS, NETWORK_KINDS, Layout
 
 log = logging.getLogger(__name__)
 
