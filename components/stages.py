@@ -15,7 +15,7 @@ No `from __future__ import annotations` here: KFP reads the annotations as types
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 from kfp.dsl.python_component import PythonComponent
 
 
@@ -34,11 +34,13 @@ def prepare(params: str, raw: Input[Dataset], prepared: Output[Dataset]):
     runtime.run_stage("prepare", params, {"raw": raw.path}, {"prepared": prepared.path})
 
 
-def validate(params: str, prepared: Input[Dataset], report: Output[Artifact]):
-    """Great-expectations suite on the metadata table; fails the run on a violated expectation."""
+def validate(params: str, prepared: Input[Dataset], report: Output[Artifact], data_docs: Output[HTML]):
+    """Great-expectations suite on the metadata table; fails the run on a violated expectation. The KFP UI
+    shows `data_docs`, GX's Data Docs page of the validation."""
     from crypson.kfp import runtime
 
-    result = runtime.run_stage("validate", params, {"prepared": prepared.path}, {"validation": report.path})
+    result = runtime.run_stage("validate", params, {"prepared": prepared.path},
+                               {"validation": report.path, "data_docs": data_docs.path})
     report.metadata["success"] = result["success"]
 
 
@@ -94,12 +96,14 @@ def evaluate(params: str, run_id: str, git_commit: str, prepared: Input[Dataset]
 
 def attack(params: str, run_id: str, git_commit: str, evaluation: dict, prepared: Input[Dataset],
            cgan: Input[Model], vae: Input[Model], classifier: Input[Model], metrics: Output[Metrics],
-           report: Output[Markdown], security_report: Output[Artifact]) -> dict:
-    """Every attacker against every mask scheme; the advantage per scheme; the security-and-quality report."""
+           report: Output[Markdown], security_report: Output[Artifact], security_page: Output[HTML]) -> dict:
+    """Every attacker against every mask scheme; the advantage per scheme; the security-and-quality report
+    (a folder, and `security_page`: one HTML page with its figures, which the KFP UI shows)."""
     from crypson.kfp import runtime
 
     inputs = {"prepared": prepared.path, "cgan": cgan.path, "vae": vae.path, "classifier": classifier.path}
-    outputs = {"attack_report": report.path, "security_report": security_report.path}
+    outputs = {"attack_report": report.path, "security_report": security_report.path,
+               "security_page": security_page.path}
     results = runtime.run_stage("attack", params, inputs, outputs, run_id=run_id, git_commit=git_commit,
                                 results={"evaluate": evaluation})
     return runtime.log_metrics(metrics, results)

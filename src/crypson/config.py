@@ -185,6 +185,7 @@ class TrackingConfig(_Section):
     # The MLFLOW_TRACKING_URI environment variable overrides it (read by the CLI only).
     tracking_uri: str = "sqlite:///mlflow.db"
     artifact_dir: str = "mlartifacts"
+    system_metrics: bool = True  # CPU, memory, disk, network (and GPU) of the training runs, every 10 s
 
 
 class Config(_Section):

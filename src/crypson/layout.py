@@ -35,6 +35,11 @@ class Layout:
         return self.root / "reports" / "validation.json"
 
     @property
+    def data_docs(self) -> Path:
+        """Great Expectations' Data Docs of the validate stage (an HTML site: index.html)."""
+        return self.root / "reports" / "data_docs"
+
+    @property
     def promotion_report(self) -> Path:
         return self.root / "reports" / "promotion.json"
 

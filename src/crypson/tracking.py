@@ -60,6 +60,7 @@ class TrackingContext:
     experiment_id: str
     parent_run_id: str
     tags: dict[str, str]  # git commit, data version, runner ids: put on every run and version
+    system_metrics: bool = False  # training runs log the machine's use (MLflow system metrics)
 
 
 def configure(tracking_uri: str, experiment: str, artifact_dir: Path | None = None) -> str:
@@ -209,14 +210,15 @@ def _process_alive(pid: int) -> bool:
 def stage_run(context: TrackingContext, stage: str, resume_run_id: str | None = None) -> Iterator[str]:
     """Start (or resume, after an interruption) the MLflow run of one stage; yields its run id."""
     process = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    system_metrics = context.system_metrics and stage.startswith("train_")
     if resume_run_id is not None:
-        run = mlflow.start_run(run_id=resume_run_id)
+        run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=system_metrics)
         mlflow.set_tags(process)
     else:
         close_stale_stage_runs(context, stage)
         run = mlflow.start_run(
             experiment_id=context.experiment_id, run_name=stage, parent_run_id=context.parent_run_id,
-            tags={**context.tags, "crypson.stage": stage, **process},
+            tags={**context.tags, "crypson.stage": stage, **process}, log_system_metrics=system_metrics,
         )
     try:
         with run:
@@ -257,6 +259,18 @@ def log_scored_models(metrics: Mapping[str, float], model_ids: list[str]) -> Non
               if value is not None and math.isfinite(float(value))}
     for model_id in ids:
         mlflow.log_metrics(finite, model_id=model_id)
+
+
+def log_dataset(prepared: Path, manifest: Mapping[str, Any], context: str) -> None:
+    """On the active run: the prepared data's per-image metadata table as an MLflow dataset input
+    (`training` or `evaluation`), named by source and split, its digest the data version."""
+    import pandas as pd
+
+    table = prepared / "metadata.parquet"
+    dataset = mlflow.data.from_pandas(pd.read_parquet(table), source=str(table.resolve()),
+                                      name=f"{manifest['source']}-{manifest['split']}",
+                                      digest=str(manifest["data_version"])[:16])
+    mlflow.log_input(dataset, context=context)
 
 
 def log_epoch_metrics(epoch: int, metrics: dict[str, float]) -> None:
@@ -472,6 +486,11 @@ def alias_versions(names: list[str], alias: str = CHAMPION) -> dict[str, str | N
 def champion_versions(names: list[str]) -> dict[str, str | None]:
     """Current `champion` version of each registered model (None where unset)."""
     return alias_versions(names, CHAMPION)
+
+
+def describe_version(name: str, version: str, description: str) -> None:
+    """Set a registered version's description (markdown: the model card the registry page shows)."""
+    MlflowClient().update_model_version(name, version, description=description)
 
 
 def tag_versions(versions: dict[str, str], tags: dict[str, str]) -> None:

@@ -30,6 +30,7 @@ def registry(repo: Path) -> dict:
         "import json, mlflow; c = mlflow.MlflowClient('sqlite:///mlflow.db'); print(json.dumps({"
         "m.name: {'aliases': {k: str(v) for k, v in m.aliases.items()}, 'versions': sorted(str(v.version) "
         "for v in c.search_model_versions(f\"name='{m.name}'\")), 'tags': {str(v.version): v.tags "
+        "for v in c.search_model_versions(f\"name='{m.name}'\")}, 'descriptions': {str(v.version): v.description "
         "for v in c.search_model_versions(f\"name='{m.name}'\")}} for m in c.search_registered_models()}))"
     )
     return json.loads(run([sys.executable, "-c", script], repo).stdout.strip().splitlines()[-1])
@@ -48,6 +49,9 @@ def test_pipeline_registers_three_candidates_and_promotes(pipeline):
     decision = json.loads((repo / "reports" / "promotion.json").read_text())
     assert decision["promoted"] is True
     assert {model["tags"]["1"]["gates"] for model in models.values()} == {"passed"}
+    for name, model in models.items():  # each version's description is its model card
+        card = model["descriptions"]["1"]
+        assert card.startswith(f"# {name} v1") and "**Known limits.**" in card and "| keyed-modular |" in card
 
 
 def test_the_execution_run_ends_with_promote_and_carries_the_headline(pipeline):
@@ -73,6 +77,8 @@ def test_the_execution_run_ends_with_promote_and_carries_the_headline(pipeline):
     promote = next(r for r in stages if r["name"] == "promote")
     assert parent["start"] <= min(r["start"] for r in stages) and parent["end"] >= promote["end"]
     assert all(r["status"] == "FINISHED" for r in stages)
+    assert sorted(r["name"] for r in stages) == ["attack", "evaluate", "promote", "train_cgan", "train_classifier",
+                                                 "train_vae", "validate"]
 
 
 def test_dvc_metrics_and_versioned_data(pipeline):
@@ -119,6 +125,12 @@ def test_security_and_quality_report_metrics_and_figures(pipeline):
         assert (repo / "reports" / "figures" / f"{figure}.png").read_bytes().startswith(b"\x89PNG"), figure
         assert f"figures/{figure}.png" in report
     assert (repo / "plots" / "channel_noise.csv").read_text().startswith("noise_std,report,keyed-timestep")
+    page = (repo / "reports" / "security_quality.html").read_text()  # one page, figures inlined
+    assert page.count("data:image/png;base64,") == report.count("](figures/") and "data-missing" not in page
+    assert "<h2>End to end</h2>" in page
+    # GX's Data Docs of the validate stage: the index lists both suites' validations
+    index = (repo / "reports" / "data_docs" / "index.html").read_text()
+    assert "metadata" in index and "train_class_counts" in index
 
 
 def test_second_repro_does_nothing(pipeline):
@@ -194,6 +206,7 @@ def test_validation_failure_stops_the_pipeline_with_a_summary(pipeline_copy):
     assert "std: expect_column_values_to_be_between" in failed.stderr
     report = json.loads((repo / "reports" / "validation.json").read_text())
     assert report["success"] is False
+    assert "Data Docs: " in failed.stderr and (repo / "reports" / "data_docs" / "index.html").is_file()
 
 
 def test_missing_emnist_files_are_a_clear_error(tmp_path):

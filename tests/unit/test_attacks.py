@@ -358,3 +358,24 @@ def test_misread_calculation_against_hand_computed_cases():
     assert candidates_needed(perfect) == 6 and misread_chance(perfect, 4) == pytest.approx(2.5915e-5, rel=1e-3)
     with pytest.raises(ValueError, match="error_rate"):
         candidates_needed(1.5)
+
+
+def test_the_report_page_is_self_contained(tmp_path):
+    """The HTML report inlines every figure it names (the page opens without its folder), renders the
+    markdown's tables, and names an image it could not find instead of linking outside the folder."""
+    import base64
+
+    from crypson.evaluate.report import markdown_to_html
+
+    figures = tmp_path / "reports" / "figures"
+    figures.mkdir(parents=True)
+    png = b"\x89PNG\r\n\x1a\n fake image bytes"
+    (figures / "grid.png").write_bytes(png)
+    (tmp_path / "secret.png").write_bytes(b"outside the report folder")
+    markdown = ("# Report\n\n| scheme | advantage |\n|---|---|\n| keyed-modular | 0.007 |\n\n"
+                "![grid](figures/grid.png) ![gone](figures/missing.png) ![out](../secret.png)\n")
+    page = markdown_to_html(markdown, figures)
+    assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in page
+    assert 'data-missing="figures/missing.png"' in page and 'data-missing="../secret.png"' in page
+    assert "<td>keyed-modular</td>" in page and "<h1>Report</h1>" in page
+    assert "figures/grid.png\"" not in page and base64.b64encode(b"outside").decode()[:8] not in page

@@ -2,6 +2,7 @@ import json
 import math
 
 import pytest
+from mlflow import MlflowClient
 import torch
 
 from crypson import model_files
@@ -80,6 +81,10 @@ def registered(tmp_path, monkeypatch):
             layout.model_dir(kind).mkdir(parents=True)
             (layout.model_dir(kind) / "registration.json").write_text(json.dumps({"name": name, "version": version}))
     tracking.set_champion({name: "1" for name in tracking.MODEL_NAMES.values()})
+    layout.prepared.mkdir(parents=True)
+    (layout.prepared / "manifest.json").write_text(json.dumps({
+        "source": "glyphs", "split": "balanced", "data_version": "d" * 64, "num_classes": 47,
+        "counts": {"train": 12690, "val": 1410, "test": 2820}}))
     yield layout, context
     mlflow.set_tracking_uri(None)
 
@@ -107,6 +112,11 @@ def test_promote_moves_champion_only_when_every_gate_passes(registered, advantag
     assert decision["promoted"] is promoted and decision["champion_after"] == expected
     assert tracking.champion_versions(names) == expected
     assert json.loads(layout.promotion_report.read_text())["promoted"] is promoted
+    # each scored version's description is its model card, with the figures and the gates' verdict
+    card = MlflowClient().get_model_version("crypson-vae", "2").description
+    assert card.startswith("# crypson-vae v2\n") and "2820" in card and "| receiver accuracy, real test images | 0.970 (0." in card
+    assert ("advantage_ci_low not measured" in card) is (advantage_low is None)
+    assert MlflowClient().get_model_version("crypson-vae", "2").tags["gates"] == ("passed" if promoted else "failed")
     if not promoted:
         failed = [g["metric"] for g in decision["gates"] if not g["passed"]]
         assert failed == ["default_scheme_max_advantage_ci_low"]

@@ -42,10 +42,23 @@ def test_unknown_stage_is_refused_by_name(tmp_path):
         runner.run_stage("train_gan", config, tmp_path, params)
 
 
-def test_data_stages_write_their_outputs_and_track_nothing(prepared):
+def test_data_stages_write_their_outputs_and_validate_alone_has_a_run(prepared):
     assert json.loads((prepared / "reports" / "validation.json").read_text())["success"] is True
     assert (prepared / "data" / "prepared" / "classes.json").is_file()
-    assert not (prepared / "mlflow.db").exists()
+    assert (prepared / "reports" / "data_docs" / "index.html").is_file()
+    client = MlflowClient(f"sqlite:///{prepared / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (run,) = [r for r in client.search_runs(experiments) if "crypson.stage" in r.data.tags]
+    assert run.data.tags["crypson.stage"] == "validate" and run.info.status == "FINISHED"
+    assert run.data.metrics["failed_expectations"] == 0 and run.data.metrics["expectations"] > 20
+    (dataset,) = run.inputs.dataset_inputs
+    assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "validation"
+    docs = [f.path for f in client.list_artifacts(run.info.run_id, "data_docs")]
+    assert "data_docs/index.html" in docs and "data_docs/validations" in docs
+    # Kubeflow keeps validate a pure, cacheable data step: no run
+    config, params = tiny(prepared)
+    runner.run_stage("validate", config, prepared, params, track_data=False)
+    assert len([r for r in client.search_runs(experiments) if "crypson.stage" in r.data.tags]) == 1
 
 
 def test_a_stage_error_reaches_the_caller_as_itself(tmp_path):

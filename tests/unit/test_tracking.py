@@ -82,6 +82,31 @@ def test_links_open_the_model_training_view(store):
     assert mlflow.get_experiment(store).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
 
 
+def test_training_runs_log_system_metrics_and_their_dataset(store, tmp_path, monkeypatch):
+    import time
+
+    import pandas as pd
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    (tmp_path / "prepared").mkdir()
+    pd.DataFrame({"split": ["train", "test"], "label": [0, 1]}).to_parquet(tmp_path / "prepared" / "metadata.parquet")
+    manifest = {"source": "glyphs", "split": "balanced", "data_version": "ab" * 32}
+    tags = {"git_commit": "abc123"}
+    context = tracking.TrackingContext(store, tracking.execution_run(store, "e", "pipeline", tags), tags, True)
+    with tracking.stage_run(context, "train_vae") as trained:
+        tracking.log_dataset(tmp_path / "prepared", manifest, context="training")
+        time.sleep(1.0)
+    with tracking.stage_run(context, "evaluate") as evaluated:
+        time.sleep(0.6)
+    client = MlflowClient()
+    assert any(key.startswith("system/cpu_utilization") for key in client.get_run(trained).data.metrics)
+    assert not any(key.startswith("system/") for key in client.get_run(evaluated).data.metrics)  # training only
+    (logged,) = client.get_run(trained).inputs.dataset_inputs
+    assert logged.dataset.name == "glyphs-balanced" and logged.dataset.digest == "ab" * 8
+    assert {t.key: t.value for t in logged.tags}["mlflow.data.context"] == "training"
+    assert '"label"' in logged.dataset.schema
+
+
 def _logged_vae(tmp_path) -> tuple[VAE, tracking.LoggedNetwork]:
     """A tiny VAE saved as a weights file and logged (inside an active run)."""
     vae = VAE(latent_dim=2, channels=(2, 2, 4, 4)).eval()

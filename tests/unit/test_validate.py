@@ -181,6 +181,21 @@ def test_validation_is_offline_silent_and_writes_nothing(clean, tmp_path, monkey
     assert capfd.readouterr().err == ""  # no tqdm progress bars
 
 
+def test_data_docs_show_the_validation_and_the_saved_result_is_the_same_for_the_same_data(clean, tmp_path) -> None:
+    broken = clean.drop(index=_rows(clean, "test", 3))
+    report = validate_metadata(broken, SETTINGS, data_docs=tmp_path / "docs")
+    index = (tmp_path / "docs" / "index.html").read_text()
+    assert "metadata" in index and "train_class_counts" in index  # both suites' validations are listed
+    (page,) = (tmp_path / "docs" / "validations" / "metadata").rglob("*.html")
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.read_text()))
+    assert "Failed" in text and "If split == test , then distinct values must match this set: 0 1 2 3 4" in text
+    # the JSON result the training stages depend on (through DVC) does not change when the same data is
+    # validated again: no run ids or times in it
+    save_report(report, tmp_path / "first.json")
+    save_report(validate_metadata(broken, SETTINGS), tmp_path / "second.json")
+    assert (tmp_path / "first.json").read_bytes() == (tmp_path / "second.json").read_bytes()
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -88,17 +88,23 @@ def write_prepared(directory: Path, data: PreparedData) -> pd.DataFrame:
     return metadata
 
 
+def load_manifest(directory: Path) -> dict:
+    """The prepared data's manifest (source, split, data version, counts) without loading the images."""
+    path = Path(directory) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no prepared data in {directory}: run the prepare stage first (dvc repro prepare)")
+    return json.loads(path.read_text())
+
+
 def load_prepared(directory: Path) -> PreparedData:
     """Read what `write_prepared` wrote."""
     directory = Path(directory)
-    if not (directory / "manifest.json").is_file():
-        raise FileNotFoundError(f"no prepared data in {directory}: run the prepare stage first (dvc repro prepare)")
+    manifest = load_manifest(directory)
     sets = {}
     for name in SPLIT_NAMES:
         with np.load(directory / f"{name}.npz") as arrays:
             sets[name] = ImageSet(arrays["images"], arrays["labels"].astype(np.int64))
     classes = tuple(json.loads((directory / "classes.json").read_text()))
-    manifest = json.loads((directory / "manifest.json").read_text())
     return PreparedData(**sets, classes=classes, manifest=manifest)
 
 

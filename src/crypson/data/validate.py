@@ -1,8 +1,10 @@
 """Data validation of the per-image metadata table with great-expectations (GX Core 1.x).
 
 The `prepare` stage writes one row per image; `validate_metadata` runs a GX suite on it (and on a derived
-per-class count table) in an ephemeral, in-memory context and collects every failed expectation, so the
-pipeline can stop before training with a short human summary.
+per-class count table) through GX Checkpoints in an ephemeral, in-memory context, and collects every failed
+expectation, so the pipeline can stop before training with a short summary on the console. Given a folder,
+the Checkpoints' UpdateDataDocsAction builds GX's Data Docs there (a static HTML site: the suites, and each
+validation's result with its observed values), which is what users read.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ REQUIRED_COLUMNS = ("split", "label", "char", "height", "width", "mean", "std", 
                     "sha256")
 # Derived leakage flags: True for a row whose image (sha256) is in both splits of the pair.
 LEAK_COLUMNS = {"sha256_in_train_and_test": ("train", "test"), "sha256_in_val_and_test": ("val", "test")}
+DOCS_SITE = "crypson"  # the Data Docs site's name in the context
 _EXAMPLES = 3  # example values kept per failure; enough to find the bad rows, short enough for a log line
 
 
@@ -132,17 +135,23 @@ class ValidationReport:
         return {"success": self.success, "failures": [asdict(f) for f in self.failures], "results": self.results}
 
 
-def validate_metadata(metadata: pd.DataFrame, settings: ValidationSettings) -> ValidationReport:
+def validate_metadata(metadata: pd.DataFrame, settings: ValidationSettings,
+                      data_docs: Path | None = None) -> ValidationReport:
     """Run the metadata suite and collect every failure.
 
     Args:
         metadata: one row per image with the columns in REQUIRED_COLUMNS (extra columns are allowed).
         settings: the suite's thresholds.
+        data_docs: a folder for GX's Data Docs site of the suites and their results; None builds none.
 
     Returns:
         A ValidationReport; `success` is False when any expectation failed.
     """
     context = _ephemeral_context()
+    if data_docs is not None:
+        context.add_data_docs_site(site_name=DOCS_SITE, site_config={
+            "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(data_docs)}})
     source = context.data_sources.add_pandas("crypson")
     present = set(metadata.columns)
     frame = _with_leak_columns(metadata) if {"split", "sha256"} <= present else metadata
@@ -156,7 +165,7 @@ def validate_metadata(metadata: pd.DataFrame, settings: ValidationSettings) -> V
     report = ValidationReport(success=True)
     for name, (table, expectations, scope, index_column) in tables.items():
         index_columns = [index_column] if index_column in table.columns else []
-        result = _run_suite(context, source, name, table, expectations, index_columns)
+        result = _run_suite(context, source, name, table, expectations, index_columns, data_docs is not None)
         report.results[name] = result
         report.failures += _failures(result, scope)
     report.success = not report.failures
@@ -249,17 +258,33 @@ def _balance_expectations(counts: pd.DataFrame, settings: ValidationSettings) ->
                                                           meta={"examples": "label"})]
 
 
-def _run_suite(
-    context: Any, source: Any, name: str, table: pd.DataFrame, expectations: list[Any], index_columns: list[str]
-) -> dict[str, Any]:
-    """Validate `table` against `expectations`; returns the GX result as a JSON-ready dict."""
+def _run_suite(context: Any, source: Any, name: str, table: pd.DataFrame, expectations: list[Any],
+               index_columns: list[str], build_docs: bool) -> dict[str, Any]:
+    """Validate `table` against `expectations` through a Checkpoint (updating the Data Docs site when asked);
+    returns the GX result as a JSON-ready dict."""
     suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
     batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
     definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
     result_format = {"result_format": "SUMMARY", "partial_unexpected_count": _EXAMPLES}
     if index_columns:  # lets a failure name the image (sha256) or class (label) behind a flagged row
         result_format["unexpected_index_column_names"] = index_columns
-    return definition.run(batch_parameters={"dataframe": table}, result_format=result_format).to_json_dict()
+    actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])] if build_docs else []
+    checkpoint = context.checkpoints.add(gx.Checkpoint(name=name, validation_definitions=[definition],
+                                                       actions=actions, result_format=result_format))
+    (result,) = checkpoint.run(batch_parameters={"dataframe": table}).run_results.values()
+    return _without_run_identity(result.to_json_dict())
+
+
+def _without_run_identity(value: Any) -> Any:
+    """The result without what differs between two runs on the same data (GX's random ids, run names and
+    times: the Data Docs keep them): validation.json is a DVC dependency of the training stages, which must
+    not re-run because the same data was validated again."""
+    volatile = {"id", "run_id", "validation_id", "validation_time", "checkpoint_id", "ge_load_time"}
+    if isinstance(value, dict):
+        return {key: _without_run_identity(inner) for key, inner in value.items() if key not in volatile}
+    if isinstance(value, list):
+        return [_without_run_identity(inner) for inner in value]
+    return value
 
 
 def _failures(result: dict[str, Any], scope: str) -> list[ExpectationFailure]:

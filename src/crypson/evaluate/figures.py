@@ -76,6 +76,13 @@ def figure_png(figure) -> bytes:
     return buffer.getvalue()
 
 
+def png_image(figure) -> np.ndarray:
+    """A matplotlib figure as the (H, W, 4) uint8 pixels of its PNG (for mlflow.log_image); the figure is closed."""
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(figure_png(figure))).convert("RGBA"))
+
+
 def project_latents(latents: np.ndarray, method: str, seed: int, max_points: int | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """2-d projection of (N, d) latents by PCA or t-SNE (van der Maaten & Hinton 2008).

@@ -32,6 +32,9 @@ ARTIFACTS: dict[str, Callable[[Layout], Path]] = {
     "raw": lambda layout: layout.raw,
     "prepared": lambda layout: layout.prepared,
     "validation": lambda layout: layout.validation_report,
+    # One page (a KFP HTML artifact is a single file): GX's Data Docs page of the metadata table's validation.
+    "data_docs": lambda layout: max((layout.data_docs / "validations" / "metadata").rglob("*.html"), default=
+                                    layout.data_docs / "validations" / "metadata" / "missing.html"),
     "cgan": lambda layout: layout.model_dir("cgan"),
     "vae": lambda layout: layout.model_dir("vae"),
     "classifier": lambda layout: layout.model_dir("classifier"),
@@ -39,6 +42,7 @@ ARTIFACTS: dict[str, Callable[[Layout], Path]] = {
     "confusion_generated": lambda layout: layout.plot("confusion_generated.csv"),
     "attack_report": lambda layout: layout.root / "reports" / "attacks.md",
     "security_report": lambda layout: layout.root / "reports",  # security_quality.md with its figures/
+    "security_page": lambda layout: layout.root / "reports" / "security_quality.html",  # one page, figures inlined
     "promotion": lambda layout: layout.promotion_report,
 }
 
@@ -148,7 +152,7 @@ def run_stage(stage: str, params: str, inputs: Mapping[str, str], outputs: Mappi
             layout.metrics(name).parent.mkdir(parents=True, exist_ok=True)
             layout.metrics(name).write_text(json.dumps(values))
         with task_environment(run_id, git_commit):
-            run_stage_in(stage, config, layout.root, params.encode(), progress=False)
+            run_stage_in(stage, config, layout.root, params.encode(), progress=False, track_data=False)
         for name, path in outputs.items():
             copy_path(ARTIFACTS[name](layout), Path(path))
         result = RESULTS.get(stage)

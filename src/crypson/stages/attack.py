@@ -29,8 +29,8 @@ from crypson.evaluate.attacks import AttackData, advantage, run_attack_suite
 from crypson.evaluate.channel import channel_noise_accuracy, end_to_end_error_rate, supported_corpus
 from crypson.evaluate.corpus import MESSAGES
 from crypson.evaluate.inversion import image_inversion_suite, nonce_reuse_suite
-from crypson.evaluate.report import (EndToEnd, SenderCheck, attacks_markdown, class_error_bounds, misread_chance,
-                                     security_quality_markdown)
+from crypson.evaluate.report import (EndToEnd, SenderCheck, attacks_markdown, class_error_bounds, markdown_to_html,
+                                     misread_chance, security_quality_markdown)
 from crypson.files import atomic_write_bytes, atomic_write_json
 from crypson.stages.common import write_csv
 from crypson.layout import Layout
@@ -174,6 +174,8 @@ def _write_outputs(config, layout, summary, results, images, nonce, levels, nois
                                          end_to_end, api_takes_nonce, sender)
     report = layout.root / "reports" / "security_quality.md"
     atomic_write_bytes(report, markdown.encode())
+    page = report.with_suffix(".html")  # the same report as one self-contained page, figures inlined
+    atomic_write_bytes(page, markdown_to_html(markdown, out).encode())
 
     tracking.log_params({"attack.train_per_class": settings.train_per_class,
                          "attack.test_per_class": settings.test_per_class,
@@ -198,6 +200,7 @@ def _write_outputs(config, layout, summary, results, images, nonce, levels, nois
                      "image_inversion": [dataclasses.asdict(r) for r in images],
                      "nonce_reuse": [dataclasses.asdict(r) for r in nonce]}, "attacks.json")
     mlflow.log_artifact(str(report), "report")
+    mlflow.log_artifact(str(page), "report")
     for name in (*FIGURES, "channel_noise.png"):
         if (out / name).is_file():
             mlflow.log_artifact(str(out / name), "report/figures")

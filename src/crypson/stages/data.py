@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -14,6 +16,9 @@ from crypson.data.glyphs import GlyphStyle, generate_glyphs, resolve_fonts
 from crypson.data.prepare import ImageSet, PreparedData, hash_files, pad_to, stratified_split, write_prepared
 from crypson.files import atomic_directory
 from crypson.layout import Layout
+
+if TYPE_CHECKING:
+    from crypson.tracking import TrackingContext
 
 
 class DataValidationError(RuntimeError):
@@ -76,11 +81,13 @@ def prepare(config: Config, layout: Layout) -> pd.DataFrame:
     return write_prepared(layout.prepared, prepared)
 
 
-def validate(config: Config, layout: Layout) -> None:
-    """Run the great-expectations suite on the metadata table; save the full result.
+def validate(config: Config, layout: Layout, context: TrackingContext | None = None) -> None:
+    """Run the great-expectations suite on the metadata table: the full result (validation.json) and GX's
+    Data Docs (an HTML site) under reports/; with a tracking context, its own MLflow run in the execution
+    (the dataset as its input, the counts as metrics, the Data Docs as artifacts).
 
     Raises:
-        DataValidationError: with one line per failed expectation, after saving the report.
+        DataValidationError: one line per failed expectation and where the Data Docs are, after saving both.
     """
     # great-expectations takes ~3 s to import: only this stage pays for it, not every `crypson stage`.
     from crypson.data.validate import ValidationSettings, save_report, validate_metadata
@@ -93,9 +100,30 @@ def validate(config: Config, layout: Layout) -> None:
         min_class_fraction=rules.min_class_fraction, max_class_fraction=rules.max_class_fraction,
         pixel_mean_range=tuple(rules.pixel_mean_range), min_pixel_std=rules.min_pixel_std,
     )
-    report = validate_metadata(metadata, settings)
+    with atomic_directory(layout.data_docs) as staging:
+        report = validate_metadata(metadata, settings, data_docs=staging)
     save_report(report, layout.validation_report)
+    if context is not None:
+        _log_validation(context, layout, report)
     if not report.success:
         raise DataValidationError(
-            f"data validation failed (full result: {layout.validation_report}):\n{report.summary()}"
+            f"data validation failed (Data Docs: {layout.data_docs / 'index.html'}; full result: "
+            f"{layout.validation_report}):\n{report.summary()}"
         )
+
+
+def _log_validation(context: TrackingContext, layout: Layout, report) -> None:
+    import mlflow
+
+    from crypson import tracking
+    from crypson.data.prepare import load_manifest
+
+    expectations = sum(len(result["results"]) for result in report.results.values())
+    with tracking.stage_run(context, "validate"):
+        tracking.log_dataset(layout.prepared, load_manifest(layout.prepared), context="validation")
+        mlflow.log_metrics({"expectations": expectations, "failed_expectations": len(report.failures),
+                            "success": float(report.success)})
+        with tempfile.TemporaryDirectory() as folder:  # the site without its 4 MB of web fonts (browsers fall back)
+            site = shutil.copytree(layout.data_docs, Path(folder) / "data_docs", ignore=shutil.ignore_patterns("fonts"))
+            mlflow.log_artifacts(str(site), "data_docs")
+        mlflow.log_artifact(str(layout.validation_report))

@@ -19,8 +19,9 @@ from crypson import tracking
 from crypson.cipher import loading
 from crypson.compute import derived_seed, resolve_device
 from crypson.config import Config
-from crypson.data.prepare import load_prepared
+from crypson.data.prepare import load_manifest, load_prepared
 from crypson.evaluate import figures, metrics
+from crypson.evaluate.report import model_card
 from crypson.inference import sample_per_class
 from crypson.files import atomic_write_bytes, atomic_write_json
 from crypson.stages import image_quality
@@ -29,6 +30,10 @@ from crypson.layout import Layout
 from crypson.train.vae import to_unit_range
 
 log = logging.getLogger(__name__)
+# What each registered network does in the cipher: the first line of its model card.
+MODEL_ROLES = {"cgan": "The conditional GAN draws a fresh 32x32 image of a character from a class index and noise.",
+               "vae": "The VAE encodes a character image to an 8-d latent (what is masked and sent) and decodes it back.",
+               "classifier": "The classifier reads a received latent back as a character, through the frozen VAE decoder."}
 # Copied onto the execution's parent run when promote ends it: the runs table answers "which execution
 # shipped, with what figures" without a click.
 HEADLINE_METRICS = ("accuracy_real", "accuracy_generated", "psnr_db", "class_consistency", "reference_accuracy_real", "frechet_distance",
@@ -113,6 +118,7 @@ def evaluate(config: Config, layout: Layout, context: tracking.TrackingContext) 
                              "evaluate.truncation_levels": list(config.evaluate.truncation_levels),
                              "cgan.truncation": generator.truncation,
                              "seed": config.seed, "data.version": data.manifest["data_version"]})
+        tracking.log_dataset(layout.prepared, data.manifest, context="evaluation")
         mlflow.log_metrics(results)
         tracking.log_scored_models(results, [r.get("model_id", "") for r in layout.registrations().values()])
         image_quality.log_figures(figure_paths)
@@ -170,6 +176,13 @@ def promote(config: Config, layout: Layout, context: tracking.TrackingContext) -
         mlflow.log_metrics({f"gate_margin.{g['metric']}": g["margin"] for g in gates if not math.isnan(g["margin"])})
         mlflow.set_tags({"promoted": str(passed).lower(), **{f"version.{n}": v for n, v in versions.items()}})
         tracking.tag_versions(versions, {"gates": "passed" if passed else "failed"})
+        manifest = load_manifest(layout.prepared)
+        for kind, registration in layout.registrations().items():
+            card = model_card(registration["name"], registration["version"], MODEL_ROLES[kind], manifest,
+                                     results, results, gates, config.cipher.scheme,
+                                     config.evaluate.generated_per_class * manifest["num_classes"])
+            tracking.describe_version(registration["name"], registration["version"], card)
+            mlflow.log_text(card, f"model_cards/{registration['name']}-v{registration['version']}.md")
         if passed:
             tracking.set_champion(versions)
     headline = {key: results.get(key) for key in HEADLINE_METRICS} | {"promoted": float(passed)}

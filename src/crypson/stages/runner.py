@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STAGES = tuple(STAGE_MODULES)
-DATA_STAGES = ("ingest", "prepare", "validate")  # no MLflow run: they log nothing and register nothing
+DATA_STAGES = ("ingest", "prepare", "validate")  # data in, data out; Kubeflow caches them across runs
+UNTRACKED_STAGES = ("ingest", "prepare")  # no MLflow run; validate logs one when asked (`track_data`)
 
 
 def stage_errors() -> tuple[type[Exception], ...]:
@@ -80,11 +81,11 @@ def tracking_store(config: Config, root: Path, environ: Mapping[str, str]) -> tu
 def tracking_context(config: Config, params: bytes, root: Path) -> TrackingContext:
     """The MLflow experiment, the execution's parent run and the provenance tags every stage run carries."""
     from crypson import tracking
-    from crypson.data.prepare import load_prepared
+    from crypson.data.prepare import load_manifest
 
     uri, artifact_dir = tracking_store(config, root, os.environ)
     experiment_id = tracking.configure(uri, config.tracking.experiment, artifact_dir)
-    manifest = load_prepared(root / "data" / "prepared").manifest
+    manifest = load_manifest(root / "data" / "prepared")
     commit, kfp_run_id = provenance.git_commit(), os.environ.get("KFP_RUN_ID", "")
     tags = {"git_commit": commit, "data_version": manifest["data_version"],
             "dvc_data_md5": provenance.dvc_data_md5(root), "data_source": manifest["source"],
@@ -97,10 +98,11 @@ def tracking_context(config: Config, params: bytes, root: Path) -> TrackingConte
     if tags.get("dvc_experiment"):
         name += f" exp {tags['dvc_experiment']}"
     parent = tracking.execution_run(experiment_id, provenance.execution_key(params), name, tags)
-    return tracking.TrackingContext(experiment_id, parent, tags)
+    return tracking.TrackingContext(experiment_id, parent, tags, config.tracking.system_metrics)
 
 
-def run_stage(stage: str, config: Config, root: Path, params: bytes, *, progress: bool = True) -> None:
+def run_stage(stage: str, config: Config, root: Path, params: bytes, *, progress: bool = True,
+              track_data: bool = True) -> None:
     """Run `stage` on the Layout under `root`.
 
     Args:
@@ -109,13 +111,15 @@ def run_stage(stage: str, config: Config, root: Path, params: bytes, *, progress
         root: the folder the stage's inputs and outputs live under (crypson.stages.Layout).
         params: the params file's bytes, part of the execution key that groups stage runs.
         progress: progress bars for the training stages.
+        track_data: the validate stage gets its own MLflow run in the execution; False keeps it a pure
+            data step (Kubeflow: no run id, so that KFP's cache reuses it across runs).
     Raises:
         ValueError: an unknown stage name (and, like every error in stage_errors(), a stage's own
             expected failures).
     """
     function = stage_function(stage)
     layout = Layout(root)
-    if stage in DATA_STAGES:
+    if stage in UNTRACKED_STAGES or (stage in DATA_STAGES and not track_data):
         function(config, layout)
     elif stage.startswith("train_"):
         from crypson.train import distributed

@@ -84,10 +84,12 @@ def _run_params(config: Config, stage: str, data: PreparedData) -> dict[str, Any
 @contextmanager
 def _tracked_fit(task: loop.TrainTask, batches: InMemoryBatches, settings: LoopSettings,
                  context: tracking.TrackingContext | None, stage: str,
-                 params: dict[str, Any]) -> Iterator[FitResult]:
+                 params: dict[str, Any], dataset: tuple[Path, dict[str, Any]],
+                 after_epoch: Callable[[int], None] | None = None) -> Iterator[FitResult]:
     """Fit inside the stage's MLflow run, resuming both the run and the weights after an interruption.
 
-    Ranks other than 0 fit without MLflow: rank 0 logs the metrics averaged over all ranks."""
+    Ranks other than 0 fit without MLflow: rank 0 logs the metrics averaged over all ranks, then calls
+    `after_epoch(epoch)` (e.g. to log that epoch's sample grid)."""
     if not settings.world.is_main:
         yield fit(task, batches, settings)
         return
@@ -97,10 +99,16 @@ def _tracked_fit(task: loop.TrainTask, batches: InMemoryBatches, settings: LoopS
     resume_id = checkpoint["extra"].get("mlflow_run_id") if checkpoint else None
     with tracking.stage_run(context, stage, resume_id) as run_id:
         tracking.log_params(params)
+        if resume_id is None:  # a resumed run has its input already
+            tracking.log_dataset(*dataset, context="training")
         # A tag, not a param: a resumed run may continue on another number of processes.
         mlflow.set_tag("crypson.world_size", settings.world.size)
-        yield fit(task, batches, settings, on_epoch_end=tracking.log_epoch_metrics,
-                  extra={"mlflow_run_id": run_id})
+        def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+            tracking.log_epoch_metrics(epoch, metrics)
+            if after_epoch is not None:
+                after_epoch(epoch)
+
+        yield fit(task, batches, settings, on_epoch_end=on_epoch_end, extra={"mlflow_run_id": run_id})
 
 
 def _finish(layout: Layout, stage: str, result: FitResult, registration: dict[str, str]) -> None:
@@ -144,7 +152,13 @@ def train_cgan(config: Config, layout: Layout, context: tracking.TrackingContext
                                section.aux_weight, section.ema_decay, section.class_margin, section.mode_seeking)
     batches = InMemoryBatches((torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)),
                               section.batch_size, seed=config.seed)
-    with _tracked_fit(task, batches, settings, context, "train_cgan", _run_params(config, "cgan", data)) as result:
+    def epoch_grid(epoch: int) -> None:  # the live generator, the same noise each epoch: MLflow's image slider
+        samples, _ = sample_per_class(generator, EPOCH_GRID_PER_CLASS, derived_seed(config.seed, "epoch-grid"))
+        figure = figures.class_grid_figure(samples, EPOCH_GRID_PER_CLASS, classes, f"epoch {epoch + 1}")
+        mlflow.log_image(figures.png_image(figure), key="samples_per_class", step=epoch)
+
+    with _tracked_fit(task, batches, settings, context, "train_cgan", _run_params(config, "cgan", data),
+                      (layout.prepared, data.manifest), epoch_grid) as result:
         if not settings.world.is_main:
             return {}
         discriminator.load_state_dict(result.best_state["discriminator"])
@@ -200,7 +214,8 @@ def train_vae(config: Config, layout: Layout, context: tracking.TrackingContext 
     params, vae, task = vae_task(config, data, settings.device)
     batches = InMemoryBatches((torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)),
                               section.batch_size, seed=config.seed)
-    with _tracked_fit(task, batches, settings, context, "train_vae", _run_params(config, "vae", data)) as result:
+    with _tracked_fit(task, batches, settings, context, "train_vae", _run_params(config, "vae", data),
+                      (layout.prepared, data.manifest)) as result:
         if not settings.world.is_main:
             return {}
         vae.load_state_dict(result.best_state["vae"])
@@ -217,6 +232,7 @@ def train_vae(config: Config, layout: Layout, context: tracking.TrackingContext 
     return registration
 
 
+EPOCH_GRID_PER_CLASS = 4  # images per class in the per-epoch sample grid (MLflow image, one step an epoch)
 # Extra cGAN images drawn per class so that the ones the discriminator disputes can be left out.
 DISPUTED_RESERVE = 1.5
 
@@ -302,7 +318,8 @@ def train_classifier(config: Config, layout: Layout, context: tracking.TrackingC
     batches = InMemoryBatches((mu.cpu(), logvar.cpu(), labels), section.batch_size, seed=config.seed)
     versions = {"vae_version": vae_registration["version"], "cgan_version": cgan_registration["version"]}
     run_params = {**_run_params(config, "classifier", data), **{k.replace("_", "."): v for k, v in versions.items()}}
-    with _tracked_fit(task, batches, settings, context, "train_classifier", run_params) as result:
+    with _tracked_fit(task, batches, settings, context, "train_classifier", run_params,
+                      (layout.prepared, data.manifest)) as result:
         if not settings.world.is_main:
             return {}
         # Share of drawn cGAN images the discriminator's class head confirmed (1.0: no class head, all used).
