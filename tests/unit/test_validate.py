@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import socket
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -181,9 +182,11 @@ def test_validation_is_offline_silent_and_writes_nothing(clean, tmp_path, monkey
     assert capfd.readouterr().err == ""  # no tqdm progress bars
 
 
-def test_data_docs_show_the_validation_and_the_saved_result_is_the_same_for_the_same_data(clean, tmp_path) -> None:
+def test_data_docs_show_the_validation_and_the_saved_result_is_the_same_for_the_same_data(
+        clean, tmp_path, monkeypatch) -> None:
     broken = clean.drop(index=_rows(clean, "test", 3))
-    report = validate_metadata(broken, SETTINGS, data_docs=tmp_path / "docs")
+    monkeypatch.chdir(tmp_path)  # the stage passes a folder relative to the repository (`dvc repro`)
+    report = validate_metadata(broken, SETTINGS, data_docs=Path("docs"))
     index = (tmp_path / "docs" / "index.html").read_text()
     assert "metadata" in index and "train_class_counts" in index  # both suites' validations are listed
     (page,) = (tmp_path / "docs" / "validations" / "metadata").rglob("*.html")

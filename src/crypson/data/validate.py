@@ -151,7 +151,8 @@ def validate_metadata(metadata: pd.DataFrame, settings: ValidationSettings,
     if data_docs is not None:
         context.add_data_docs_site(site_name=DOCS_SITE, site_config={
             "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(data_docs)}})
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(Path(data_docs).resolve())}})
     source = context.data_sources.add_pandas("crypson")
     present = set(metadata.columns)
     frame = _with_leak_columns(metadata) if {"split", "sha256"} <= present else metadata
