@@ -5,9 +5,9 @@
 
 The stages are the components of components/stages.py (each calls crypson.stages); this file
 decides what runs after what, where (the training steps on the GPU node pool), with which
-credentials (a Kubernetes Secret, never a value in the spec), which params each task receives and
-what KFP may cache. `crypson pipeline compile` writes pipelines/crypson_pipeline.yaml from it, with
-params.yaml as the default of the `params` argument.
+credentials (a Kubernetes Secret, never a value in the spec), what KFP may cache, how long a step
+may run and which steps retry. `crypson pipeline compile` writes pipelines/crypson_pipeline.yaml
+from it, with params.yaml as the default of the `params` argument.
 
 Params, cached like DVC: each task receives only the params keys its stage reads, the lists of
 dvc.yaml (`task_params`, read from it at compile time; tests/unit/test_dvc_yaml.py checks them
@@ -42,6 +42,24 @@ TRAINING_LIMITS = {"cpu": "8", "memory": "32Gi"}
 SCORING_REQUESTS = {"cpu": "2", "memory": "8Gi"}  # evaluate and attack: CPU nodes
 DATA_REQUESTS = {"cpu": "1", "memory": "4Gi"}
 
+# Time limit of one attempt of a task, by kind, in seconds: Kubernetes fails a pod that runs longer
+# (activeDeadlineSeconds through kfp-kubernetes' set_timeout; kfp 2.17's dsl has no task timeout), so a
+# hung step frees its node and its GPU. The clock starts when a node accepts the pod, image pull included.
+# Estimates with a wide margin, not measurements: the default run takes 10-30 minutes end to end on two CPU
+# cores, and nothing has run on a cluster yet; a schedule beyond presets/report.yaml's needs larger limits.
+TIMEOUT_S = {"light": 30 * 60, "data": 2 * 3600, "training": 4 * 3600, "scoring": 4 * 3600}
+# Training tasks retry twice, 2 then 4 minutes after a failure, for what goes away by itself (a reclaimed
+# GPU node, an MLflow or S3 restart). A retry trains from the start: checkpoints live in the pod.
+TRAINING_RETRIES = 2
+RETRY_BACKOFF_S = 120
+RETRY_BACKOFF_FACTOR = 2.0
+# Argo retries no more once backoff_max_duration has passed since the first attempt started, and ends the
+# retries there (KFP's default, one hour, would leave a training that failed after an hour unretried):
+# room for every attempt's full time limit and the waits between them. So a step that hangs every time
+# holds its GPU for at most three time limits, 12 hours.
+TRAINING_RETRY_WINDOW_S = (TRAINING_RETRIES + 1) * TIMEOUT_S["training"] + int(
+    sum(RETRY_BACKOFF_S * RETRY_BACKOFF_FACTOR ** retry for retry in range(TRAINING_RETRIES)))
+
 # MLflow server and S3 store: environment variables from this Secret (infra/ creates it).
 MLFLOW_SECRET = "crypson-mlflow"
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -57,9 +75,16 @@ def on_gpu_pool(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
+def limited(task: dsl.PipelineTask, kind: str) -> dsl.PipelineTask:
+    """Fail the task's pod after TIMEOUT_S[kind] seconds (each attempt's own pod, when it retries)."""
+    return kubernetes.set_timeout(task, TIMEOUT_S[kind])
+
+
 def training(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """A training task: on one GPU, logged to MLflow."""
-    return tracked(on_gpu_pool(task))
+    """A training task: on one GPU, time-limited, retried with exponential back-off, logged to MLflow."""
+    task.set_retry(num_retries=TRAINING_RETRIES, backoff_duration=f"{RETRY_BACKOFF_S}s",
+                   backoff_factor=RETRY_BACKOFF_FACTOR, backoff_max_duration=f"{TRAINING_RETRY_WINDOW_S}s")
+    return tracked(limited(on_gpu_pool(task), "training"))
 
 
 def with_requests(task: dsl.PipelineTask, requests: dict[str, str]) -> dsl.PipelineTask:
@@ -92,7 +117,7 @@ def build_pipeline(params: str, task_params: dict[str, list[str]], image: str = 
     def crypson(params: str = params, git_commit: str = "", data_repo_url: str = "", data_rev: str = "",
                 dvc_remote: str = "", dvc_remote_url: str = ""):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        sections = c.split_params(params=params, keys=task_params).outputs
+        sections = limited(c.split_params(params=params, keys=task_params), "light").outputs
 
         def logged(stage: str) -> dict:
             """The inputs of a stage that logs to MLflow: its params, the KFP run id, the code's commit."""
@@ -100,10 +125,12 @@ def build_pipeline(params: str, task_params: dict[str, list[str]], image: str = 
 
         ingest = c.ingest(params=sections["ingest"], data_repo_url=data_repo_url, data_rev=data_rev,
                           dvc_remote=dvc_remote, dvc_remote_url=dvc_remote_url)
-        with_mlflow_secret(with_requests(ingest, DATA_REQUESTS))  # S3 credentials for the DVC remote
-        prepare = with_requests(c.prepare(params=sections["prepare"], raw=ingest.outputs["raw"]), DATA_REQUESTS)
+        limited(with_mlflow_secret(with_requests(ingest, DATA_REQUESTS)), "data")  # S3 credentials for DVC
+        prepare = limited(with_requests(c.prepare(params=sections["prepare"], raw=ingest.outputs["raw"]),
+                                        DATA_REQUESTS), "data")
         prepared = prepare.outputs["prepared"]
-        validate = with_requests(c.validate(params=sections["validate"], prepared=prepared), DATA_REQUESTS)
+        validate = limited(with_requests(c.validate(params=sections["validate"], prepared=prepared), DATA_REQUESTS),
+                           "data")
 
         cgan = training(c.train_cgan(**logged("train_cgan"), prepared=prepared).after(validate))
         vae = training(c.train_vae(**logged("train_vae"), prepared=prepared).after(validate))
@@ -111,14 +138,15 @@ def build_pipeline(params: str, task_params: dict[str, list[str]], image: str = 
         classifier = training(c.train_classifier(**logged("train_classifier"), prepared=prepared, **models))
         models["classifier"] = classifier.outputs["classifier"]
 
-        evaluate = tracked(with_requests(c.evaluate(**logged("evaluate"), prepared=prepared, **models),
-                                         SCORING_REQUESTS))
+        evaluate = tracked(limited(with_requests(c.evaluate(**logged("evaluate"), prepared=prepared, **models),
+                                                 SCORING_REQUESTS), "scoring"))
         evaluation = evaluate.outputs["Output"]
-        attack = tracked(with_requests(c.attack(**logged("attack"), evaluation=evaluation, prepared=prepared,
-                                                **models), SCORING_REQUESTS))
-        gate = c.gate(params=sections["gate"], evaluation=evaluation, attacks=attack.outputs["Output"])
+        attack = tracked(limited(with_requests(c.attack(**logged("attack"), evaluation=evaluation,
+                                                        prepared=prepared, **models), SCORING_REQUESTS), "scoring"))
+        gate = limited(c.gate(params=sections["gate"], evaluation=evaluation, attacks=attack.outputs["Output"]),
+                       "light")
         with dsl.If(gate.output == True, name="gates-pass"):  # noqa: E712 - a KFP condition, not a Python test
-            tracked(c.promote(**logged("promote"), evaluation=evaluation, attacks=attack.outputs["Output"],
-                              prepared=prepared, **models))
+            tracked(limited(c.promote(**logged("promote"), evaluation=evaluation, attacks=attack.outputs["Output"],
+                                      prepared=prepared, **models), "light"))
 
     return crypson

@@ -2,8 +2,8 @@
 
 Parsed strictly through the protobuf messages KFP's backend uses (ignore_unknown_fields=False),
 so a misspelled field in the deployment config or in a Kubernetes executor config fails here
-rather than on the cluster. The same messages give each task's params and what its cache key is
-made of.
+rather than on the cluster. The same messages give each task's retry policy, time limit, params
+and what its cache key is made of.
 """
 
 import copy
@@ -321,6 +321,32 @@ def test_cache_key_material_sees_an_upstream_change_through_artifacts(committed)
     assert materials["promote"]["inputs"]["vae"] == vae  # through the dsl.If branch's inputs
     assert materials["ingest"]["inputs"]["data_repo_url"] == ""  # a pipeline argument's default
     assert materials["train-vae"]["inputs"]["run_id"] == "{{$.pipeline_job_uuid}}"
+
+
+def test_training_tasks_retry_with_exponential_backoff(parsed):
+    spec, _, _ = parsed
+    tasks = all_tasks(spec)
+    for task in TRAINING:
+        policy = tasks[task].retry_policy
+        assert policy.max_retry_count == PIPELINE.TRAINING_RETRIES == 2, task
+        assert policy.backoff_duration.seconds == 120 and policy.backoff_factor == 2.0, task
+        # Argo retries only within backoff_max_duration of the first attempt's start: room for every attempt.
+        attempts = (policy.max_retry_count + 1) * PIPELINE.TIMEOUT_S["training"]
+        waits = sum(120 * 2.0 ** retry for retry in range(policy.max_retry_count))
+        assert policy.backoff_max_duration.seconds == attempts + waits, task
+    for task in set(tasks) - set(TRAINING):
+        assert not tasks[task].HasField("retry_policy"), task
+
+
+def test_every_task_has_a_time_limit(parsed):
+    spec, _, kubernetes = parsed
+    kinds = {SPLIT: "light", "gate": "light", "promote": "light", **dict.fromkeys(DATA, "data"),
+             **dict.fromkeys(TRAINING, "training"), "evaluate": "scoring", "attack": "scoring"}
+    containers = {task for task in all_tasks(spec) if not task.startswith("condition")}
+    assert containers == set(kinds)
+    limits = {task: kubernetes[executor_of(spec, task)].active_deadline_seconds for task in containers}
+    assert limits == {task: PIPELINE.TIMEOUT_S[kind] for task, kind in kinds.items()}
+    assert limits["train-vae"] == 4 * 3600 and limits[SPLIT] == 30 * 60
 
 
 def test_compile_check_tells_a_stale_spec_from_a_current_one(tmp_path):

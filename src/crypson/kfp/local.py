@@ -1,11 +1,11 @@
 """Run the Kubeflow pipeline on this machine with kfp.local: same spec, same components, no cluster.
 
-kfp 2.17's local runner executes the whole DAG, `dsl.If` included; it ignores what only a
-cluster can honour (the kfp-kubernetes node selector, toleration and Secret, the accelerator and
-resource requests) and warns that it does. So the local run is the committed pipeline minus its
-placement: MLflow settings come from this process's environment or from params.yaml instead of
-the Secret, and every task runs as a subprocess of the current Python environment. Each task's
-params lists come from the repository's dvc.yaml, as at compile time.
+kfp 2.17's local runner executes the whole DAG, `dsl.If` and the training tasks' retries included;
+it ignores what only a cluster can honour (the kfp-kubernetes node selector, toleration, Secret and
+time limits, the accelerator and resource requests) and warns about the requests. So the local run
+is the committed pipeline minus its placement: MLflow settings come from this process's environment
+or from params.yaml instead of the Secret, and every task runs as a subprocess of the current Python
+environment. Each task's params lists come from the repository's dvc.yaml, as at compile time.
 """
 
 from __future__ import annotations
