@@ -6,6 +6,9 @@ crypson.kfp.runtime, which runs the stage function of crypson.stages on them. Th
 inside themselves because KFP ships each function's source alone into the container, whose image
 (`build(image)`) holds the crypson package and kfp.
 
+Every stage's `params` is the JSON of only the params keys it reads (its dvc.yaml list), one output
+of `split_params`, which runs first on the pipeline's whole `params` argument: KFP's cache key of a
+task is made of its input values, so a change to `vae.lr` leaves the data tasks' keys as they were.
 Data stages take no run id, so KFP's cache can reuse them across runs; stages that log to MLflow
 take the KFP run id (`run_id`) and the code's commit, which become MLflow tags.
 No `from __future__ import annotations` here: KFP reads the annotations as types.
@@ -19,9 +22,19 @@ from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markd
 from kfp.dsl.python_component import PythonComponent
 
 
+def split_params(params: str, keys: dict) -> NamedTuple("TaskParams", [
+        ("ingest", str), ("prepare", str), ("validate", str), ("train_cgan", str), ("train_vae", str),
+        ("train_classifier", str), ("evaluate", str), ("attack", str), ("gate", str), ("promote", str)]):
+    """Validate the pipeline's params and cut them into what each task reads (`keys`: task -> params keys,
+    dvc.yaml's lists): one JSON text per task, in crypson.kfp.runtime.PARAMS_TASKS order."""
+    from crypson.kfp import runtime
+
+    return runtime.split_params(params, keys)
+
+
 def ingest(params: str, data_repo_url: str, data_rev: str, dvc_remote: str, dvc_remote_url: str,
            raw: Output[Dataset]):
-    """Raw EMNIST-format files: DVC's version at `data_rev` of `data_repo_url`, else per params."""
+    """Raw EMNIST-format files: DVC's version at `data_rev` of `data_repo_url`, else per `params` (seed, data)."""
     from crypson.kfp import runtime
 
     raw.metadata["source"] = runtime.ingest(params, raw.path, data_repo_url, data_rev, dvc_remote, dvc_remote_url)
@@ -110,7 +123,7 @@ def attack(params: str, run_id: str, git_commit: str, evaluation: dict, prepared
 
 
 def gate(params: str, evaluation: dict, attacks: dict) -> bool:
-    """True when every promotion gate of params.yaml passes (the pipeline's `dsl.If`)."""
+    """True when every promotion gate of `params` (the promote section) passes (the pipeline's `dsl.If`)."""
     from crypson.kfp import runtime
 
     return runtime.gates_pass(params, evaluation, attacks)
@@ -130,6 +143,7 @@ def promote(params: str, run_id: str, git_commit: str, evaluation: dict, attacks
 class StageComponents(NamedTuple):
     """The components, built for one container image."""
 
+    split_params: PythonComponent
     ingest: PythonComponent
     prepare: PythonComponent
     validate: PythonComponent
@@ -149,6 +163,7 @@ def build(image: str) -> StageComponents:
     when a task starts: a cluster without PyPI access runs the pipeline, and every task runs the
     exact versions the image was built with.
     """
-    functions = (ingest, prepare, validate, train_cgan, train_vae, train_classifier, evaluate, attack, gate, promote)
+    functions = (split_params, ingest, prepare, validate, train_cgan, train_vae, train_classifier, evaluate, attack,
+                 gate, promote)
     return StageComponents(*(dsl.component(function, base_image=image, install_kfp_package=False)
                              for function in functions))

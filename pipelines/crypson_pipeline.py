@@ -1,13 +1,25 @@
 """The Crypson pipeline on Kubeflow: wiring and placement only.
 
-    ingest -> prepare -> validate -+-> train_cgan -+-> train_classifier -+-> evaluate -+-> gate
-                                   +-> train_vae --+                     +-> attack ---+   dsl.If(gate passes): promote
+    split_params -> ingest -> prepare -> validate -+-> train_cgan -+-> train_classifier -+-> evaluate -+-> gate
+                                                   +-> train_vae --+                     +-> attack ---+   If: promote
 
 The stages are the components of components/stages.py (each calls crypson.stages); this file
 decides what runs after what, where (the training steps on the GPU node pool), with which
-credentials (a Kubernetes Secret, never a value in the spec) and what KFP may cache.
-`crypson pipeline compile` writes pipelines/crypson_pipeline.yaml from it, with params.yaml as
-the default of the `params` argument.
+credentials (a Kubernetes Secret, never a value in the spec), what KFP may cache, how long a step
+may run and which steps retry. `crypson pipeline compile` writes pipelines/crypson_pipeline.yaml
+from it, with params.yaml as the default of the `params` argument.
+
+Params, cached like DVC: each task receives only the params keys its stage reads, the lists of
+dvc.yaml (`task_params`, read from it at compile time; tests/unit/test_dvc_yaml.py checks them
+against the code), and the runtime completes them with the code's defaults. KFP's cache key of a
+task is made of its input values, input artifacts and component, so with its own keys as its input
+a data task keeps its key when `vae.lr` changes. The cut is made by a first, light task
+(`split_params`) rather than at compile time: `params` stays one pipeline argument that a
+submission overrides whole (`crypson pipeline submit`, presets), and each stage gets that run's
+values. Compile-time subsets would freeze each stage's settings into the spec, or make every
+section an argument of its own that the submitter must keep consistent (`seed` is read by seven
+stages). The tasks that log to MLflow are not cached at all (a cache hit would log no run), so
+there the narrow input keeps their key honest rather than saving a run.
 """
 
 
@@ -30,6 +42,24 @@ TRAINING_LIMITS = {"cpu": "8", "memory": "32Gi"}
 SCORING_REQUESTS = {"cpu": "2", "memory": "8Gi"}  # evaluate and attack: CPU nodes
 DATA_REQUESTS = {"cpu": "1", "memory": "4Gi"}
 
+# Time limit of one attempt of a task, by kind, in seconds: Kubernetes fails a pod that runs longer
+# (activeDeadlineSeconds through kfp-kubernetes' set_timeout; kfp 2.17's dsl has no task timeout), so a
+# hung step frees its node and its GPU. The clock starts when a node accepts the pod, image pull included.
+# Estimates with a wide margin, not measurements: the default run takes 10-30 minutes end to end on two CPU
+# cores, and nothing has run on a cluster yet; a schedule beyond presets/report.yaml's needs larger limits.
+TIMEOUT_S = {"light": 30 * 60, "data": 2 * 3600, "training": 4 * 3600, "scoring": 4 * 3600}
+# Training tasks retry twice, 2 then 4 minutes after a failure, for what goes away by itself (a reclaimed
+# GPU node, an MLflow or S3 restart). A retry trains from the start: checkpoints live in the pod.
+TRAINING_RETRIES = 2
+RETRY_BACKOFF_S = 120
+RETRY_BACKOFF_FACTOR = 2.0
+# Argo retries no more once backoff_max_duration has passed since the first attempt started, and ends the
+# retries there (KFP's default, one hour, would leave a training that failed after an hour unretried):
+# room for every attempt's full time limit and the waits between them. So a step that hangs every time
+# holds its GPU for at most three time limits, 12 hours.
+TRAINING_RETRY_WINDOW_S = (TRAINING_RETRIES + 1) * TIMEOUT_S["training"] + int(
+    sum(RETRY_BACKOFF_S * RETRY_BACKOFF_FACTOR ** retry for retry in range(TRAINING_RETRIES)))
+
 # MLflow server and S3 store: environment variables from this Secret (infra/ creates it).
 MLFLOW_SECRET = "crypson-mlflow"
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -43,6 +73,18 @@ def on_gpu_pool(task: dsl.PipelineTask) -> dsl.PipelineTask:
     kubernetes.add_node_selector(task, label_key=GPU_NODE_LABEL[0], label_value=GPU_NODE_LABEL[1])
     kubernetes.add_toleration(task, **GPU_TAINT)
     return task
+
+
+def limited(task: dsl.PipelineTask, kind: str) -> dsl.PipelineTask:
+    """Fail the task's pod after TIMEOUT_S[kind] seconds (each attempt's own pod, when it retries)."""
+    return kubernetes.set_timeout(task, TIMEOUT_S[kind])
+
+
+def training(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """A training task: on one GPU, time-limited, retried with exponential back-off, logged to MLflow."""
+    task.set_retry(num_retries=TRAINING_RETRIES, backoff_duration=f"{RETRY_BACKOFF_S}s",
+                   backoff_factor=RETRY_BACKOFF_FACTOR, backoff_max_duration=f"{TRAINING_RETRY_WINDOW_S}s")
+    return tracked(limited(on_gpu_pool(task), "training"))
 
 
 def with_requests(task: dsl.PipelineTask, requests: dict[str, str]) -> dsl.PipelineTask:
@@ -60,11 +102,12 @@ def tracked(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return with_mlflow_secret(task).set_caching_options(False)
 
 
-def build_pipeline(params: str, image: str = DEFAULT_IMAGE) -> GraphComponent:
+def build_pipeline(params: str, task_params: dict[str, list[str]], image: str = DEFAULT_IMAGE) -> GraphComponent:
     """The pipeline, with `params` (params.yaml text) as the default of its `params` argument.
 
     Args:
         params: params.yaml text; every stage reads its settings from it, as under `dvc repro`.
+        task_params: task -> the params keys it receives (crypson.kfp.project.task_params: dvc.yaml's lists).
         image: the container image every task runs in.
     """
     c = stages.build(image)
@@ -74,26 +117,36 @@ def build_pipeline(params: str, image: str = DEFAULT_IMAGE) -> GraphComponent:
     def crypson(params: str = params, git_commit: str = "", data_repo_url: str = "", data_rev: str = "",
                 dvc_remote: str = "", dvc_remote_url: str = ""):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        ingest = c.ingest(params=params, data_repo_url=data_repo_url, data_rev=data_rev, dvc_remote=dvc_remote,
-                          dvc_remote_url=dvc_remote_url)
-        with_mlflow_secret(with_requests(ingest, DATA_REQUESTS))  # S3 credentials for the DVC remote
-        prepare = with_requests(c.prepare(params=params, raw=ingest.outputs["raw"]), DATA_REQUESTS)
-        prepared = prepare.outputs["prepared"]
-        validate = with_requests(c.validate(params=params, prepared=prepared), DATA_REQUESTS)
+        sections = limited(c.split_params(params=params, keys=task_params), "light").outputs
 
-        common = {"params": params, "run_id": run_id, "git_commit": git_commit}
-        cgan = tracked(on_gpu_pool(c.train_cgan(**common, prepared=prepared).after(validate)))
-        vae = tracked(on_gpu_pool(c.train_vae(**common, prepared=prepared).after(validate)))
+        def logged(stage: str) -> dict:
+            """The inputs of a stage that logs to MLflow: its params, the KFP run id, the code's commit."""
+            return {"params": sections[stage], "run_id": run_id, "git_commit": git_commit}
+
+        ingest = c.ingest(params=sections["ingest"], data_repo_url=data_repo_url, data_rev=data_rev,
+                          dvc_remote=dvc_remote, dvc_remote_url=dvc_remote_url)
+        limited(with_mlflow_secret(with_requests(ingest, DATA_REQUESTS)), "data")  # S3 credentials for DVC
+        prepare = limited(with_requests(c.prepare(params=sections["prepare"], raw=ingest.outputs["raw"]),
+                                        DATA_REQUESTS), "data")
+        prepared = prepare.outputs["prepared"]
+        validate = limited(with_requests(c.validate(params=sections["validate"], prepared=prepared), DATA_REQUESTS),
+                           "data")
+
+        cgan = training(c.train_cgan(**logged("train_cgan"), prepared=prepared).after(validate))
+        vae = training(c.train_vae(**logged("train_vae"), prepared=prepared).after(validate))
         models = {"cgan": cgan.outputs["cgan"], "vae": vae.outputs["vae"]}
-        classifier = tracked(on_gpu_pool(c.train_classifier(**common, prepared=prepared, **models)))
+        classifier = training(c.train_classifier(**logged("train_classifier"), prepared=prepared, **models))
         models["classifier"] = classifier.outputs["classifier"]
 
-        evaluate = tracked(with_requests(c.evaluate(**common, prepared=prepared, **models), SCORING_REQUESTS))
-        attack = tracked(with_requests(
-            c.attack(**common, evaluation=evaluate.outputs["Output"], prepared=prepared, **models), SCORING_REQUESTS))
-        gate = c.gate(params=params, evaluation=evaluate.outputs["Output"], attacks=attack.outputs["Output"])
+        evaluate = tracked(limited(with_requests(c.evaluate(**logged("evaluate"), prepared=prepared, **models),
+                                                 SCORING_REQUESTS), "scoring"))
+        evaluation = evaluate.outputs["Output"]
+        attack = tracked(limited(with_requests(c.attack(**logged("attack"), evaluation=evaluation,
+                                                        prepared=prepared, **models), SCORING_REQUESTS), "scoring"))
+        gate = limited(c.gate(params=sections["gate"], evaluation=evaluation, attacks=attack.outputs["Output"]),
+                       "light")
         with dsl.If(gate.output == True, name="gates-pass"):  # noqa: E712 - a KFP condition, not a Python test
-            tracked(c.promote(**common, evaluation=evaluate.outputs["Output"], attacks=attack.outputs["Output"],
-                              prepared=prepared, **models))
+            tracked(limited(c.promote(**logged("promote"), evaluation=evaluation, attacks=attack.outputs["Output"],
+                                      prepared=prepared, **models), "light"))
 
     return crypson

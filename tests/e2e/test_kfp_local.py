@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("kfp-local")
-    for item in ("components", "pipelines", "presets", "params.yaml"):
+    for item in ("components", "pipelines", "presets", "params.yaml", "dvc.yaml"):  # dvc.yaml: each task's params
         source = REPO / item
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, folder / item)
     done = run(["crypson", "pipeline", "run", "--local", "--preset", "tiny", "--pipeline-root", "outputs"], folder)

@@ -119,3 +119,85 @@ def test_the_closure_follows_imports_inside_functions():
     assert "src/crypson/evaluate/learned.py" in stage_sources("attack")
     assert "src/crypson/train/loop.py" not in stage_sources("ingest")
     assert "src/crypson/data/glyphs.py" in stage_sources("ingest")
+
+
+def _top_functions(module: str) -> dict[str, ast.FunctionDef]:
+    tree = ast.parse(_module_file(module).read_text())
+    return {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+
+def _read_key(node: ast.Attribute) -> str | None:
+    """`config.<section>` -> the section, `config.<section>.<key>` -> the dotted key, else None."""
+    from crypson.config import Config
+
+    sections = {field.alias or name: field for name, field in Config.model_fields.items()}
+    sections |= {name: field for name, field in Config.model_fields.items()}
+    inner = node.value
+    if isinstance(inner, ast.Name) and inner.id == "config" and node.attr in sections:
+        return sections[node.attr].alias or node.attr
+    if isinstance(inner, ast.Attribute) and isinstance(inner.value, ast.Name) and inner.value.id == "config":
+        field = sections.get(inner.attr)
+        if field is not None and node.attr in getattr(field.annotation, "model_fields", {}):
+            return f"{field.alias or inner.attr}.{node.attr}"
+    return None
+
+
+def config_reads(stage: str) -> set[str]:
+    """The params keys the stage's code reads as `config.<section>` or `config.<section>.<key>`, in every
+    function of crypson.stages that the stage function reaches (library functions get plain values: STYLE
+    principle 2). Not seen: `getattr(config, name)` (the training stages' own section, which they also
+    read by name) and crypson.model_files.hparams_from_config, which each training stage calls for its
+    own model kinds."""
+    stage_modules = {f"crypson.stages.{path.stem}" for path in (SRC / "crypson" / "stages").glob("*.py")}
+    start = f"crypson.stages.{STAGE_MODULES[stage]}"
+    todo = [(start, _top_functions(start)[stage_function(stage).__name__])]
+    seen, reads = set(), set()
+    while todo:
+        module, node = todo.pop()
+        if (module, node.name) in seen:
+            continue
+        seen.add((module, node.name))
+        local = _top_functions(module)
+        imported = _imported(ast.parse(_module_file(module).read_text()))
+        within_key = set()  # `config.a` inside `config.a.b`: a read of a.b, not of all of a
+        for inner in ast.walk(node):  # breadth first: `config.a.b` comes before its `config.a`
+            if isinstance(inner, ast.Attribute):
+                key = _read_key(inner) if id(inner) not in within_key else None
+                if key is not None:
+                    reads.add(key)
+                    within_key.add(id(inner.value))
+                target = imported.get(inner.value.id) if isinstance(inner.value, ast.Name) else None
+                if target in stage_modules and inner.attr in _top_functions(target):
+                    todo.append((target, _top_functions(target)[inner.attr]))
+            elif isinstance(inner, ast.Name):
+                if inner.id in local:
+                    todo.append((module, local[inner.id]))
+                elif imported.get(inner.id, "").rsplit(".", 1)[0] in stage_modules:
+                    target = imported[inner.id].rsplit(".", 1)[0]
+                    if inner.id in _top_functions(target):
+                        todo.append((target, _top_functions(target)[inner.id]))
+    return reads
+
+
+def _covers(listed: str, read: str) -> bool:
+    """A listed key covers a read of itself or below it; a read of a whole section (passed on as one object)
+    is covered by any listed key in that section."""
+    return read == listed or read.startswith(f"{listed}.") or listed.startswith(f"{read}.")
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_every_stage_lists_exactly_the_params_it_reads(stage):
+    """The Kubeflow tasks receive only these keys (crypson.kfp.runtime.split_params), so a key read but not
+    listed would silently be its default there, not only a missed re-run under DVC."""
+    listed, reads = STAGES[stage].get("params", []), config_reads(stage)
+    unlisted = sorted(read for read in reads if not any(_covers(key, read) for key in listed))
+    assert not unlisted, f"{stage}: add to its params in dvc.yaml: {unlisted}"
+    unread = sorted(key for key in listed if not any(_covers(key, read) for read in reads))
+    assert not unread, f"{stage}: dvc.yaml lists params its code never reads: {unread}"
+
+
+def test_config_reads_follows_calls_into_other_stage_modules():
+    assert {"cipher.candidates", "cipher.scheme", "attack", "seed"} <= config_reads("attack")
+    assert {"evaluate.reference_epochs", "evaluate"} <= config_reads("evaluate")  # in image_quality's functions
+    assert "promote" in config_reads("promote")  # in check_gates, called by promote
+    assert config_reads("ingest") == {"data", "seed"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crypson.config import parse_config
+from crypson.config import ConfigError, parse_config
 from crypson.data.prepare import hash_files
 from crypson.kfp import runtime
 from crypson.stages import Layout, ingest
@@ -99,6 +99,51 @@ def test_task_environment_sets_then_restores(monkeypatch):
         assert "CRYPSON_GIT_COMMIT" not in os.environ  # empty: the CLI asks git
     assert os.environ["KFP_RUN_ID"] == "before"
     assert "CRYPSON_EXECUTION_ID" not in os.environ
+
+
+def test_select_params_nests_dotted_keys_with_their_resolved_values():
+    raw = json.loads(tiny_params(vae={"lr": 0.5}))
+    del raw["data"]["split"]  # left out: its default is spelled out, so the text does not depend on it
+    selected = runtime.select_params(parse_config(raw), ["seed", "data.split", "vae", "cipher.candidates"])
+    assert selected == {"seed": raw["seed"], "data": {"split": "balanced"}, "cipher": {"candidates": 6},
+                        "vae": raw["vae"]}
+    with pytest.raises(ValueError, match="params key 'vae.lrr' names no setting"):
+        runtime.select_params(parse_config({}), ["vae.lrr"])
+    with pytest.raises(ValueError, match="params key 'seed.value' names no setting"):
+        runtime.select_params(parse_config({}), ["seed.value"])
+
+
+def test_split_params_gives_each_task_its_keys_and_the_defaults_elsewhere():
+    keys = {task: ["seed"] for task in runtime.PARAMS_TASKS} | {"train_vae": ["seed", "vae"], "gate": ["promote"]}
+    params = tiny_params(vae={"lr": 0.5}, cgan={"lr": 0.25})
+    texts = dict(zip(runtime.PARAMS_TASKS, runtime.split_params(params, keys)))
+    vae = runtime.load_params(texts["train_vae"])
+    assert vae.vae.lr == 0.5 and vae.vae.channels == (8, 8, 16, 16)  # its own section: the run's values
+    assert vae.cgan.lr == parse_config({}).cgan.lr  # a section it does not read: the code's default
+    assert json.loads(texts["gate"]) == {"promote": json.loads(tiny_params())["promote"]}
+    assert texts["ingest"] == texts["prepare"] == '{"seed":42}'
+    # The same values spelled differently (key order, a default left out) give the same text: the same cache key.
+    reordered = dict(reversed(list(json.loads(tiny_params(vae={"lr": 0.5})).items())))
+    assert runtime.split_params(json.dumps(reordered), keys)[runtime.PARAMS_TASKS.index("train_vae")] == \
+        texts["train_vae"]
+
+
+def test_split_params_validates_the_whole_and_takes_exactly_the_tasks():
+    keys = {task: ["seed"] for task in runtime.PARAMS_TASKS}
+    with pytest.raises(ConfigError, match="unknown key 'cgan.lrr'"):  # in a section no task here reads
+        runtime.split_params(tiny_params(cgan={"lrr": 1.0}), keys)
+    with pytest.raises(ValueError, match=r"for tasks \['ingest'\]; expected exactly \['ingest', 'prepare'"):
+        runtime.split_params(tiny_params(), {"ingest": ["seed"]})
+
+
+def test_split_params_component_outputs_are_the_runtime_tasks_in_order():
+    pytest.importorskip("kfp")
+    from crypson.kfp.project import load_pipeline_module
+
+    load_pipeline_module(REPO)  # puts the repository's components/ on sys.path
+    from components import stages
+
+    assert stages.split_params.__annotations__["return"]._fields == runtime.PARAMS_TASKS
 
 
 def test_run_stage_refuses_unknown_names():

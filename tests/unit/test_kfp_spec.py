@@ -2,10 +2,12 @@
 
 Parsed strictly through the protobuf messages KFP's backend uses (ignore_unknown_fields=False),
 so a misspelled field in the deployment config or in a Kubernetes executor config fails here
-rather than on the cluster.
+rather than on the cluster. The same messages give each task's retry policy, time limit, params
+and what its cache key is made of.
 """
 
 import copy
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -19,13 +21,19 @@ from google.protobuf import json_format  # noqa: E402
 from kfp.kubernetes import kubernetes_executor_config_pb2  # noqa: E402
 from kfp.pipeline_spec import pipeline_spec_pb2  # noqa: E402
 
-from crypson.kfp.project import SPEC_PATH, compile_spec, load_pipeline_module  # noqa: E402
+from crypson.config import parse_config  # noqa: E402
+from crypson.kfp import runtime  # noqa: E402
+from crypson.kfp.project import SPEC_PATH, compile_spec, load_pipeline_module, task_params  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE = load_pipeline_module(REPO)
+from components import stages  # noqa: E402 - importable once load_pipeline_module put the repository on sys.path
+
 TRAINING = ("train-cgan", "train-vae", "train-classifier")
 TRACKED = (*TRAINING, "evaluate", "attack", "promote")  # log to MLflow
 DATA = ("ingest", "prepare", "validate")
+SPLIT = "split-params"
+DVC_STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
 def strict(document: dict, message):
@@ -66,6 +74,93 @@ def all_tasks(spec: pipeline_spec_pb2.PipelineSpec) -> dict[str, pipeline_spec_p
 
 def executor_of(spec: pipeline_spec_pb2.PipelineSpec, task: str) -> str:
     return spec.components[all_tasks(spec)[task].component_ref.name].executor_label
+
+
+def as_dict(message) -> dict:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def leaves(mapping: dict, prefix: str = "") -> dict:
+    """A nested params mapping as dotted key -> value."""
+    flat = {}
+    for key, value in mapping.items():
+        flat |= leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return flat
+
+
+def split_outputs(params: str, keys: dict) -> dict[str, str]:
+    """What the split_params task outputs for `params`: its component's own function, by output name."""
+    return dict(zip(stages.split_params.__annotations__["return"]._fields, stages.split_params(params, keys)))
+
+
+def cache_key_material(text: str) -> dict[str, dict]:
+    """Per container task, what KFP's cache key is made of, resolved from the compiled spec.
+
+    KFP's driver hashes a task's input parameter values as resolved for the run, its input artifacts'
+    names, its outputs' names and types, and its container: image, command and arguments, which hold the
+    component's source (kubeflow/pipelines backend/src/v2/cacheutils/cache.go, GenerateCacheKey). Here
+    parameter values resolve as the driver resolves them: constants (the run-id placeholder stays itself:
+    it changes every run), the pipeline's defaults, and the split_params task's outputs, computed by its
+    component's function. Any other task output, and every
+    input artifact, stands for its producer's own key: an artifact is the same one only when its producer
+    was a cache hit, so a changed producer changes every consumer.
+    """
+    pipeline_document, _ = yaml.safe_load_all(text)
+    spec = strict(pipeline_document, pipeline_spec_pb2.PipelineSpec())
+    deployment = strict(pipeline_document["deploymentSpec"], pipeline_spec_pb2.PipelineDeploymentConfig())
+    defaults = {name: json_format.MessageToDict(definition.default_value)
+                for name, definition in spec.root.input_definitions.parameters.items()}
+    split_keys = json_format.MessageToDict(spec.root.dag.tasks[SPLIT].inputs.parameters["keys"].runtime_value.constant)
+    split = split_outputs(defaults["params"], split_keys)
+    materials: dict[str, dict] = {}
+
+    def resolve_dag(dag: pipeline_spec_pb2.DagSpec, dag_inputs: dict) -> None:
+        done: set[str] = set()
+        while len(done) < len(dag.tasks):
+            before = len(done)
+            for name, task in dag.tasks.items():
+                if name in done or not set(task.dependent_tasks) <= done:
+                    continue
+                inputs = {}
+                for parameter, spec_value in task.inputs.parameters.items():
+                    kind = spec_value.WhichOneof("kind")
+                    if kind == "runtime_value":
+                        inputs[parameter] = json_format.MessageToDict(spec_value.runtime_value.constant)
+                    elif kind == "component_input_parameter":
+                        inputs[parameter] = dag_inputs[spec_value.component_input_parameter]
+                    else:
+                        output = spec_value.task_output_parameter
+                        inputs[parameter] = (split[output.output_parameter_key] if output.producer_task == SPLIT
+                                             else {"output": output.output_parameter_key,
+                                                   "of": digest(materials[output.producer_task])})
+                for artifact, spec_value in task.inputs.artifacts.items():
+                    if spec_value.WhichOneof("kind") == "component_input_artifact":
+                        inputs[artifact] = dag_inputs[spec_value.component_input_artifact]
+                    else:
+                        output = spec_value.task_output_artifact
+                        inputs[artifact] = {"artifact": output.output_artifact_key,
+                                            "of": digest(materials[output.producer_task])}
+                component = spec.components[task.component_ref.name]
+                if component.HasField("dag"):  # the dsl.If branch: its tasks see these as their inputs
+                    resolve_dag(component.dag, inputs)
+                else:
+                    container = deployment.executors[component.executor_label].container
+                    materials[name] = {"inputs": inputs, "outputs": as_dict(component.output_definitions),
+                                       "image": container.image, "command": list(container.command),
+                                       "args": list(container.args)}
+                done.add(name)
+            assert len(done) > before, f"tasks that wait on each other: {sorted(set(dag.tasks) - done)}"
+
+    resolve_dag(spec.root.dag, defaults)
+    return materials
+
+
+def digest(material: dict) -> str:
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def cache_keys(text: str) -> dict[str, str]:
+    return {task: digest(material) for task, material in cache_key_material(text).items()}
 
 
 def test_committed_spec_is_what_the_code_compiles(committed):
@@ -148,7 +243,7 @@ def test_wiring_parallel_training_and_gated_promotion(parsed):
     spec, _, _ = parsed
     tasks = all_tasks(spec)
     assert set(tasks["train-cgan"].dependent_tasks) == set(tasks["train-vae"].dependent_tasks) == {
-        "prepare", "validate"}
+        SPLIT, "prepare", "validate"}
     assert {"train-cgan", "train-vae"} <= set(tasks["train-classifier"].dependent_tasks)
     assert "promote" not in spec.root.dag.tasks  # only inside the dsl.If branch
     condition = tasks["condition-1"].trigger_policy.condition
@@ -164,6 +259,94 @@ def test_params_default_is_params_yaml(parsed):
     default = spec.root.input_definitions.parameters["params"].default_value.string_value
     assert "\n" not in default  # kfp copies it into the spec's header comment
     assert json.loads(default) == yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_each_task_receives_only_the_params_its_dvc_stage_lists(parsed):
+    spec, _, _ = parsed
+    tasks = all_tasks(spec)
+    keys = json_format.MessageToDict(tasks[SPLIT].inputs.parameters["keys"].runtime_value.constant)
+    assert keys == task_params(REPO / "dvc.yaml")
+    for stage, listed in keys.items():  # dvc.yaml's list, + where MLflow logs for the tasks that log there
+        own = DVC_STAGES["promote" if stage == "gate" else stage]["params"]
+        logs = stage.replace("_", "-") in TRACKED
+        assert listed == own + ["tracking"] * logs, stage
+    # Only the split task reads the pipeline's `params`; each stage reads the split's output named after it.
+    readers = {name for name, task in tasks.items()
+               if "params" in {value.component_input_parameter for value in task.inputs.parameters.values()}}
+    assert readers == {SPLIT}
+    materials = cache_key_material((REPO / SPEC_PATH).read_text())
+    full, defaults = (leaves(parse_config(raw).model_dump(by_alias=True, mode="json"))
+                      for raw in (yaml.safe_load((REPO / "params.yaml").read_text()), {}))
+    for stage, listed in keys.items():
+        own = leaves(json.loads(materials[stage.replace("_", "-")]["inputs"]["params"]))
+        assert all(any(key == item or key.startswith(f"{item}.") for item in listed) for key in own), stage
+        assert all(any(key == item or key.startswith(f"{item}.") for key in own) for item in listed), stage
+        assert own == {key: full[key] for key in own}, stage  # the run's values of its own keys
+        # The task's Config: its own keys, and the code's defaults (equal to params.yaml's) for the rest.
+        rebuilt = runtime.load_params(materials[stage.replace("_", "-")]["inputs"]["params"])
+        assert leaves(rebuilt.model_dump(by_alias=True, mode="json")) == defaults | own, stage
+
+
+@pytest.mark.parametrize("key, unchanged", [
+    ("vae.lr", {"ingest", "prepare", "validate", "train-cgan"}),
+    ("cgan.lr", {"ingest", "prepare", "validate", "train-vae"}),
+    ("prepare.val_fraction", {"ingest"}),
+    ("tracking.experiment", {"ingest", "prepare", "validate"}),  # where runs are logged: never a data task's key
+    ("promote.min_psnr_db", {"ingest", "prepare", "validate", *TRAINING, "evaluate", "attack"}),
+])
+def test_a_params_change_moves_only_the_cache_keys_of_the_tasks_that_read_it(committed, tmp_path, key, unchanged):
+    """As under DVC: the tasks whose params and inputs are the same keep their cache keys. The MLflow tasks
+    are never cached (caching off, and a new run id each run), so for train-cgan this shows what its key would
+    be made of; the data tasks are reused from KFP's cache."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    section, name = key.split(".")
+    raw[section][name] = raw[section][name] * 2 if isinstance(raw[section][name], float) else f"{raw[section][name]}-b"
+    changed_params = tmp_path / "params.yaml"
+    changed_params.write_text(yaml.safe_dump(raw))
+    changed = compile_spec(REPO, changed_params, PIPELINE.DEFAULT_IMAGE)
+    # The two specs differ only in the default of `params`: the wiring and the components are the same.
+    before_document, after_document = (next(yaml.safe_load_all(text)) for text in (committed, changed))
+    assert before_document["root"]["inputDefinitions"]["parameters"].pop("params") != \
+        after_document["root"]["inputDefinitions"]["parameters"].pop("params")
+    assert before_document == after_document
+    before, after = cache_keys(committed), cache_keys(changed)
+    assert set(before) == set(after) == {SPLIT, *DATA, *TRACKED, "gate"}
+    assert {task for task in before if before[task] == after[task]} == unchanged
+
+
+def test_cache_key_material_sees_an_upstream_change_through_artifacts(committed):
+    materials = cache_key_material(committed)
+    vae = materials["train-classifier"]["inputs"]["vae"]
+    assert vae == {"artifact": "vae", "of": digest(materials["train-vae"])}
+    assert materials["promote"]["inputs"]["vae"] == vae  # through the dsl.If branch's inputs
+    assert materials["ingest"]["inputs"]["data_repo_url"] == ""  # a pipeline argument's default
+    assert materials["train-vae"]["inputs"]["run_id"] == "{{$.pipeline_job_uuid}}"
+
+
+def test_training_tasks_retry_with_exponential_backoff(parsed):
+    spec, _, _ = parsed
+    tasks = all_tasks(spec)
+    for task in TRAINING:
+        policy = tasks[task].retry_policy
+        assert policy.max_retry_count == PIPELINE.TRAINING_RETRIES == 2, task
+        assert policy.backoff_duration.seconds == 120 and policy.backoff_factor == 2.0, task
+        # Argo retries only within backoff_max_duration of the first attempt's start: room for every attempt.
+        attempts = (policy.max_retry_count + 1) * PIPELINE.TIMEOUT_S["training"]
+        waits = sum(120 * 2.0 ** retry for retry in range(policy.max_retry_count))
+        assert policy.backoff_max_duration.seconds == attempts + waits, task
+    for task in set(tasks) - set(TRAINING):
+        assert not tasks[task].HasField("retry_policy"), task
+
+
+def test_every_task_has_a_time_limit(parsed):
+    spec, _, kubernetes = parsed
+    kinds = {SPLIT: "light", "gate": "light", "promote": "light", **dict.fromkeys(DATA, "data"),
+             **dict.fromkeys(TRAINING, "training"), "evaluate": "scoring", "attack": "scoring"}
+    containers = {task for task in all_tasks(spec) if not task.startswith("condition")}
+    assert containers == set(kinds)
+    limits = {task: kubernetes[executor_of(spec, task)].active_deadline_seconds for task in containers}
+    assert limits == {task: PIPELINE.TIMEOUT_S[kind] for task, kind in kinds.items()}
+    assert limits["train-vae"] == 4 * 3600 and limits[SPLIT] == 30 * 60
 
 
 def test_compile_check_tells_a_stale_spec_from_a_current_one(tmp_path):

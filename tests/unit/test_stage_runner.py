@@ -124,9 +124,13 @@ def test_one_dvc_experiment_is_one_execution_whatever_its_copy_changes(monkeypat
     assert provenance.execution_key(b"params") != first
 
 
-def test_the_execution_name_says_code_data_settings_and_kfp_run():
-    name = runner.execution_name("0123456789abcdef-dirty", "emnist", "letters", b"x", "run-42abcdefgh")
-    assert name == f"01234567-dirty emnist/letters params {runner.hashlib.sha256(b'x').hexdigest()[:8]} kfp run-42ab"
+def test_the_execution_name_says_code_data_and_settings_or_kfp_run():
+    name = runner.execution_name("0123456789abcdef-dirty", "emnist", "letters", b"x")
+    assert name == f"01234567-dirty emnist/letters params {runner.hashlib.sha256(b'x').hexdigest()[:8]}"
+    # A KFP task holds only its stage's params sections: the run names the execution, the same in every task.
+    names = {runner.execution_name("0123456789abcdef", "emnist", "letters", text, "run-42abcdefgh")
+             for text in (b'{"vae": {}}', b'{"cgan": {}}')}
+    assert names == {"01234567 emnist/letters kfp run-42ab"}
 
 
 def test_an_interrupted_training_stage_resumes_in_its_own_mlflow_run(prepared, monkeypatch):

@@ -1,10 +1,11 @@
 """Run the Kubeflow pipeline on this machine with kfp.local: same spec, same components, no cluster.
 
-kfp 2.17's local runner executes the whole DAG, `dsl.If` included; it ignores what only a
-cluster can honour (the kfp-kubernetes node selector, toleration and Secret, the accelerator and
-resource requests) and warns that it does. So the local run is the committed pipeline minus its
-placement: MLflow settings come from this process's environment or from params.yaml instead of
-the Secret, and every task runs as a subprocess of the current Python environment.
+kfp 2.17's local runner executes the whole DAG, `dsl.If` and the training tasks' retries included;
+it ignores what only a cluster can honour (the kfp-kubernetes node selector, toleration, Secret and
+time limits, the accelerator and resource requests) and warns about the requests. So the local run
+is the committed pipeline minus its placement: MLflow settings come from this process's environment
+or from params.yaml instead of the Secret, and every task runs as a subprocess of the current Python
+environment. Each task's params lists come from the repository's dvc.yaml, as at compile time.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from crypson.config import Config
-from crypson.kfp.project import load_pipeline_module, resolve_image
+from crypson.kfp.project import DVC_FILE, load_pipeline_module, resolve_image, task_params
 
 
 def local_tracking_overrides(config: Config, base: Path) -> dict:
@@ -47,7 +48,7 @@ def run_local(repo: Path, params: str, pipeline_root: Path, arguments: dict[str,
     from kfp import local
 
     module = load_pipeline_module(repo)
-    pipeline = module.build_pipeline(params, resolve_image(None, module))
+    pipeline = module.build_pipeline(params, task_params(Path(repo) / DVC_FILE), resolve_image(None, module))
     # Tasks start `python3` from PATH: make it this environment's, where crypson is installed.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     # use_venv=False on purpose: the tasks run in this environment, not in the image's.

@@ -17,9 +17,14 @@ from types import ModuleType
 import yaml
 
 from crypson.config import deep_merge, parse_config
+from crypson.stages.runner import DATA_STAGES, STAGES
 
 PIPELINE_MODULE = "pipelines.crypson_pipeline"
 SPEC_PATH = Path("pipelines") / "crypson_pipeline.yaml"
+DVC_FILE = Path("dvc.yaml")
+# What crypson.stages.runner reads around a stage that logs to MLflow (store, experiment, system metrics).
+# dvc.yaml leaves it out on purpose: where a stage logs changes none of its outputs.
+TRACKING_PARAMS = ("tracking",)
 
 
 def load_pipeline_module(repo: Path) -> ModuleType:
@@ -58,6 +63,24 @@ def params_text(params: Path, presets: list[Path] = (), overrides: dict | None =
     return json.dumps(raw, separators=(",", ":"))
 
 
+def task_params(dvc_file: Path) -> dict[str, list[str]]:
+    """The params keys each Kubeflow task receives: its dvc.yaml stage's `params:` list, one source for both.
+
+    Stages that log to MLflow (all but the data stages, which run untracked on Kubeflow) add
+    TRACKING_PARAMS; the gate task checks the promote stage's gates, so it gets promote's list.
+    """
+    dvc_file = Path(dvc_file)
+    if not dvc_file.is_file():
+        raise FileNotFoundError(f"no dvc.yaml at {dvc_file.resolve()}: the tasks' params lists come from it")
+    stages = yaml.safe_load(dvc_file.read_text())["stages"]
+    keys = {stage: list(stages[stage].get("params", [])) for stage in STAGES}
+    keys["gate"] = list(keys["promote"])
+    for stage in STAGES:
+        if stage not in DATA_STAGES:
+            keys[stage] += TRACKING_PARAMS
+    return keys
+
+
 def resolve_image(image: str | None, module: ModuleType) -> str:
     """--image, else $CRYPSON_IMAGE, else the pipeline's default image."""
     return image or os.environ.get(module.IMAGE_ENV) or module.DEFAULT_IMAGE
@@ -68,7 +91,8 @@ def compile_spec(repo: Path, params: Path, image: str | None = None) -> str:
     from kfp import compiler
 
     module = load_pipeline_module(repo)
-    pipeline = module.build_pipeline(params_text(params), resolve_image(image, module))
+    pipeline = module.build_pipeline(params_text(params), task_params(Path(repo) / DVC_FILE),
+                                     resolve_image(image, module))
     with tempfile.TemporaryDirectory(prefix="crypson-compile-") as work:
         target = Path(work) / "pipeline.yaml"
         compiler.Compiler().compile(pipeline, str(target))

@@ -3,8 +3,10 @@
 The stages read and write a working-directory layout (crypson.stages.Layout), the one `dvc repro`
 uses. A component therefore copies its input artifacts into a Layout under a temporary folder,
 runs the stage exactly as the CLI does (same config validation, same MLflow context and tags),
-and copies the stage's outputs to its output artifact paths. No kfp import here: the component
-passes paths and plain values, so this module is tested without a KFP runtime.
+and copies the stage's outputs to its output artifact paths. Its settings are only the params keys
+its stage reads, cut from the pipeline's `params` by the first task (split_params), and completed
+with the code's defaults. No kfp import here: the component passes paths and plain values, so this
+module is tested without a KFP runtime.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,9 +67,60 @@ class MetricsArtifact(Protocol):
 
 
 def load_params(params: str) -> Config:
-    """The pipeline's `params` argument (params.yaml text) -> a validated Config."""
+    """A task's params text (its sections of params.yaml, or the whole) -> a validated Config.
+
+    What the text leaves out takes the code's defaults (crypson.config, equal to params.yaml's values);
+    a stage reads only the keys its text holds (tests/unit/test_dvc_yaml.py checks the lists).
+    """
     raw = yaml.safe_load(params)
     return parse_config(raw if raw is not None else {}, source="pipeline argument `params`")
+
+
+# The tasks that read params, in the order of the split_params component's outputs (components/stages.py).
+PARAMS_TASKS = ("ingest", "prepare", "validate", "train_cgan", "train_vae", "train_classifier", "evaluate", "attack",
+                "gate", "promote")
+
+
+def select_params(config: Config, keys: Sequence[str]) -> dict[str, Any]:
+    """The settings that `keys` name, nested as in params.yaml, with their resolved values.
+
+    Args:
+        config: the validated settings.
+        keys: params keys as dvc.yaml lists them: a top-level key or section (`seed`, `vae`) or a dotted
+            key inside a section (`data.split`).
+    Returns:
+        A params mapping holding only those keys; parse_config of it gives the code's defaults elsewhere.
+    """
+    resolved = config.model_dump(by_alias=True, mode="json")
+    selected: dict[str, Any] = {}
+    for key in keys:
+        *sections, name = key.split(".")
+        source, target = resolved, selected
+        for section in sections:
+            source = source.get(section) if isinstance(source, dict) else None
+            target = target.setdefault(section, {})
+        if not isinstance(source, dict) or name not in source:
+            raise ValueError(f"params key {key!r} names no setting; top-level keys: {', '.join(resolved)}")
+        target[name] = source[name]
+    return selected
+
+
+def split_params(params: str, keys: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+    """The pipeline's `params` cut into what each task reads: one JSON text per task of PARAMS_TASKS.
+
+    The whole is validated first, so a bad key anywhere fails here, before any stage runs. A task's
+    text holds the resolved value of each of its keys (a default the user left out is spelled out), as
+    sorted JSON: it changes, and with it the task's KFP cache key, only when a value the task reads does.
+
+    Args:
+        params: the pipeline argument (params.yaml as JSON or YAML text).
+        keys: task -> the params keys it reads (crypson.kfp.project.task_params: dvc.yaml's lists).
+    """
+    if set(keys) != set(PARAMS_TASKS):
+        raise ValueError(f"params keys are given for tasks {sorted(keys)}; expected exactly {list(PARAMS_TASKS)}")
+    config = load_params(params)
+    return tuple(json.dumps(select_params(config, keys[task]), sort_keys=True, separators=(",", ":"))
+                 for task in PARAMS_TASKS)
 
 
 def check_tracking(config: Config, environment: Mapping[str, str]) -> None:
@@ -126,7 +179,7 @@ def run_stage(stage: str, params: str, inputs: Mapping[str, str], outputs: Mappi
 
     Args:
         stage: a crypson stage (STAGES).
-        params: params.yaml text (the pipeline argument).
+        params: the params the stage reads (its split_params text), as JSON or YAML.
         inputs: artifact name (ARTIFACTS) -> local path of the input artifact.
         outputs: artifact name (ARTIFACTS) -> local path the output artifact is written to.
         run_id: the KFP run id, for MLflow tags and grouping (empty for data stages).

@@ -47,10 +47,15 @@ def configure_logging() -> None:
 
 
 def execution_name(commit: str, data_source: str, split: str, params: bytes, kfp_run_id: str = "") -> str:
-    """What the runs table shows for an execution: the code, the data, the settings (and the KFP run)."""
+    """What the runs table shows for an execution: the code, the data, the settings (or the KFP run).
+
+    A KFP task receives only the params sections its stage reads, so no task could name the whole
+    settings: a KFP execution is named by its run, whose arguments the KFP UI shows.
+    """
     code = commit[:8] + ("-dirty" if commit.endswith("-dirty") else "")
-    name = f"{code} {data_source}/{split} params {hashlib.sha256(params).hexdigest()[:8]}"
-    return f"{name} kfp {kfp_run_id[:8]}" if kfp_run_id else name
+    if kfp_run_id:
+        return f"{code} {data_source}/{split} kfp {kfp_run_id[:8]}"
+    return f"{code} {data_source}/{split} params {hashlib.sha256(params).hexdigest()[:8]}"
 
 
 def source_tags(commit: str, kfp_run_id: str = "") -> dict[str, str]:
@@ -94,7 +99,7 @@ def tracking_context(config: Config, params: bytes, root: Path) -> TrackingConte
         tags["kfp_run_id"] = kfp_run_id
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
-    name = execution_name(commit, manifest["source"], config.data.split, params, kfp_run_id)
+    name = execution_name(commit, manifest["source"], manifest["split"], params, kfp_run_id)
     if tags.get("dvc_experiment"):
         name += f" exp {tags['dvc_experiment']}"
     parent = tracking.execution_run(experiment_id, provenance.execution_key(params), name, tags)
