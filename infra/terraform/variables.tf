@@ -28,7 +28,7 @@ variable "release_channel" {
 }
 
 variable "cpu_machine_type" {
-  description = "Machine type of the always-on pool (KFP, MLflow, PostgreSQL, MinIO, CPU steps)."
+  description = "Machine type of the always-on pool (KFP, MLflow, PostgreSQL, CPU steps)."
   type        = string
   default     = "e2-standard-8"
 }
