@@ -1,4 +1,4 @@
-"""What the infra tests read: the kustomize builds, Secret templates, pod templates."""
+"""What the infra tests read: the kustomize builds, Secret templates, pod templates, Terraform blocks."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -93,3 +94,45 @@ def find(objects: list[dict], kind: str, name: str) -> dict:
 def env_of(container: dict) -> dict[str, dict]:
     """name -> the env entry (with `value` or `valueFrom`) of a container."""
     return {entry["name"]: entry for entry in container.get("env", [])}
+
+
+# ---- Terraform ------------------------------------------------------------------------------------
+def terraform_blocks() -> dict[str, Any]:
+    """infra/terraform/*.tf parsed by python-hcl2 (quotes stripped, no comments), merged by block type.
+
+    Returns:
+        {"resource": {(type, name): body}, "variable": {name: body}, "output": {name: body},
+        "locals": {name: expression}}; expressions stay strings such as "${var.project_id}-x".
+    """
+    merged: dict[str, Any] = {"resource": {}, "variable": {}, "output": {}, "locals": {}}
+    for path in sorted(TERRAFORM.glob("*.tf")):
+        parsed = parse_hcl(path)
+        for resources in parsed.get("resource", []):
+            for kind, named in resources.items():
+                for name, body in named.items():
+                    merged["resource"][(kind, name)] = body
+        for block in ("variable", "output"):
+            for entry in parsed.get(block, []):
+                merged[block].update(entry)
+        for entry in parsed.get("locals", []):
+            merged["locals"].update(entry)
+    return merged
+
+
+def parse_hcl(path: Path) -> dict[str, Any]:
+    """One HCL file (.tf or .tfvars) as python-hcl2 reads it: quotes stripped, no comments, heredocs as text."""
+    import hcl2
+
+    options = hcl2.SerializationOptions(with_comments=False, explicit_blocks=False, strip_string_quotes=True,
+                                        preserve_heredocs=False)
+    return hcl2.loads(path.read_text(), serialization_options=options)
+
+
+def interpolate(expression: str, values: dict[str, str]) -> str:
+    """Replace each `${reference}` in a Terraform string by values[reference]; unknown ones fail."""
+    def value(match: re.Match[str]) -> str:
+        reference = match.group(1)
+        assert reference in values, f"no value for ${{{reference}}} in {expression!r}"
+        return values[reference]
+
+    return re.sub(r"\$\{([^}]+)\}", value, expression)

@@ -5,7 +5,8 @@ channel that infra/terraform asks for. The other checks are cross-file: GPU pods
 taint and select the pool that Terraform creates, every Secret reference must name a key that the
 Secret templates define, images must be pinned (and none is MinIO's). Each check is a small function
 that returns the violations, tested on a known-bad object too, so that a check that cannot fail is
-caught. The artifact store (SeaweedFS) has its own tests in test_infra_storage.py.
+caught. The artifact store (SeaweedFS; GCS on GKE, with its Terraform) has its own tests in
+test_infra_storage.py.
 """
 
 from __future__ import annotations
@@ -178,8 +179,10 @@ def test_kustomize_builds_the_tracking_stack(k8s_builds: dict[str, list[dict]]) 
         return {(obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
                 for obj in k8s_builds[directory] if obj["kind"] not in ("Secret", "ConfigMap")}  # hashed names
 
-    for overlay in ("overlays/platform-agnostic", "overlays/gke"):
-        assert set(TRACKING_STACK + SEAWEEDFS) <= found(overlay)
+    platform_agnostic, gke = found("overlays/platform-agnostic"), found("overlays/gke")
+    assert set(TRACKING_STACK + SEAWEEDFS) <= platform_agnostic
+    assert set(TRACKING_STACK) | {("ServiceAccount", "crypson", "crypson-mlflow")} <= gke
+    assert gke.isdisjoint(SEAWEEDFS), "the GKE overlay keeps SeaweedFS or the bucket Job"
     assert found("pipelines") == {("PersistentVolumeClaim", "kubeflow", "crypson-workspace")}
     find(k8s_builds["pipelines"], "Secret", "crypson-mlflow")
     statefulsets = [obj for obj in k8s_builds["overlays/platform-agnostic"] if obj["kind"] == "StatefulSet"]
@@ -216,7 +219,7 @@ def test_names_restart_policies_and_images(rendered: list[dict], extra_manifests
 
 
 def test_no_minio_image_remains(rendered: list[dict], extra_manifests: list[dict]) -> None:
-    """MinIO's community edition is unmaintained: SeaweedFS replaced it everywhere."""
+    """MinIO's community edition is unmaintained: SeaweedFS (and GCS on GKE) replaced it everywhere."""
     images = [container["image"] for obj in rendered + extra_manifests
               for _, pod in pod_specs(obj) for container in containers(pod)]
     assert len(images) >= 5 and "chrislusf/seaweedfs" in {image.rsplit(":", 1)[0] for image in images}
