@@ -4,7 +4,7 @@ variable "project_id" {
 }
 
 variable "region" {
-  description = "Region of the cluster's network and Artifact Registry repository."
+  description = "Region of the cluster's network, the Artifact Registry repository and the GCS buckets."
   type        = string
   default     = "europe-west4"
 }
@@ -28,7 +28,7 @@ variable "release_channel" {
 }
 
 variable "cpu_machine_type" {
-  description = "Machine type of the always-on pool (KFP, MLflow, PostgreSQL, MinIO, CPU steps)."
+  description = "Machine type of the always-on pool (KFP, MLflow, PostgreSQL, CPU steps)."
   type        = string
   default     = "e2-standard-8"
 }
@@ -65,4 +65,10 @@ variable "gpu_spot" {
   description = "Spot GPU nodes: far cheaper; a pre-empted training step resumes from its checkpoint."
   type        = bool
   default     = true
+}
+
+variable "buckets_force_destroy" {
+  description = "Let `terraform destroy` delete the GCS buckets with their contents (MLflow artifacts, DVC data); off, it stops at a non-empty bucket."
+  type        = bool
+  default     = false
 }

@@ -23,3 +23,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def k8s_builds(tmp_path_factory):
+    """Every object the infra README's `kubectl apply -k` commands create, per kustomization, built with the
+    example env files (tests/unit/infra_helpers.py)."""
+    import shutil
+
+    from tests.unit.infra_helpers import render
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (it bundles kustomize): cannot build infra/k8s")
+    return render(kubectl, tmp_path_factory.mktemp("k8s"))

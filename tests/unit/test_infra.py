@@ -3,8 +3,10 @@
 The schema check (kubernetes-validate, strict) runs against the Kubernetes minor of GKE's regular
 channel that infra/terraform asks for. The other checks are cross-file: GPU pods must tolerate the
 taint and select the pool that Terraform creates, every Secret reference must name a key that the
-Secret templates define, images must be pinned. Each check is a small function that returns the
-violations, tested on a known-bad object too, so that a check that cannot fail is caught.
+Secret templates define, images must be pinned (and none is MinIO's). Each check is a small function
+that returns the violations, tested on a known-bad object too, so that a check that cannot fail is
+caught. The artifact store (SeaweedFS; GCS on GKE, with its Terraform) has its own tests in
+test_infra_storage.py.
 """
 
 from __future__ import annotations
@@ -12,21 +14,14 @@ from __future__ import annotations
 import base64
 import importlib.util
 import re
-import shutil
-import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-K8S = REPO / "infra" / "k8s"
-TERRAFORM = REPO / "infra" / "terraform"
-KUBEFLOW = REPO / "infra" / "kubeflow"
-# The kustomizations a user applies (README "Run on Kubernetes").
-KUSTOMIZATIONS = ("overlays/gke", "pipelines")
+from tests.unit.infra_helpers import (K8S, KUBEFLOW, KUSTOMIZATIONS, REPO, TERRAFORM, containers, find,
+                                      pod_specs, read_env_file, secret_templates)
+
 KUBERNETES_VERSION = "1.33.0"  # GKE regular channel's minor at the time of writing
 GPU_RESOURCE = "nvidia.com/gpu"
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -35,31 +30,6 @@ BUILTIN_GROUPS = ("v1", "apps/v1", "batch/v1", "networking.k8s.io/v1", "rbac.aut
 
 
 # ---- what the checks read -------------------------------------------------------------------
-def secret_templates() -> dict[tuple[str, str], set[str]]:
-    """(namespace, name) -> keys, from every secretGenerator and its committed `.example` env file."""
-    templates: dict[tuple[str, str], set[str]] = {}
-    for directory in KUSTOMIZATIONS:
-        kustomization = yaml.safe_load((K8S / directory / "kustomization.yaml").read_text())
-        for generator in kustomization.get("secretGenerator", []):
-            namespace = generator.get("namespace") or kustomization.get("namespace", "default")
-            keys: set[str] = set()
-            for env in generator["envs"]:
-                example = K8S / directory / f"{env}.example"
-                keys |= set(read_env_file(example))
-            templates[(namespace, generator["name"])] = keys
-    return templates
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=value lines of an env file (comments and blank lines skipped)."""
-    pairs = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            pairs[key.strip()] = value.strip()
-    return pairs
-
-
 def terraform_gpu_pool() -> dict[str, str]:
     """Name, taint and minimum size of the GPU node pool in infra/terraform/main.tf."""
     main = (TERRAFORM / "main.tf").read_text()
@@ -72,24 +42,6 @@ def terraform_gpu_pool() -> dict[str, str]:
     return {"name": re.search(r'name\s*=\s*"([^"]+)"', body).group(1),
             "taint_key": taint.group(1), "taint_value": taint.group(2), "taint_effect": effects[taint.group(3)],
             "min_nodes": re.search(r"min_node_count\s*=\s*(\d+)", body).group(1)}
-
-
-def pod_specs(obj: dict) -> Iterator[tuple[str, dict]]:
-    """(where, pod spec) for every pod template an object carries (workloads and PyTorchJob replicas)."""
-    kind, spec = obj["kind"], obj.get("spec", {})
-    if kind == "Pod":
-        yield "", spec
-    elif kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"):
-        yield "", spec["template"]["spec"]
-    elif kind == "CronJob":
-        yield "", spec["jobTemplate"]["spec"]["template"]["spec"]
-    elif kind == "PyTorchJob":
-        for replica, replica_spec in spec["pytorchReplicaSpecs"].items():
-            yield replica, replica_spec["template"]["spec"]
-
-
-def containers(pod_spec: dict) -> list[dict]:
-    return pod_spec.get("initContainers", []) + pod_spec.get("containers", [])
 
 
 def label(obj: dict) -> str:
@@ -195,22 +147,8 @@ def image_violations(obj: dict) -> list[str]:
 
 # ---- fixtures ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    """Every object the README's `kubectl apply -k` commands create, with the example env files."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed (it bundles kustomize): cannot build infra/k8s")
-    tree = tmp_path_factory.mktemp("k8s") / "k8s"
-    shutil.copytree(K8S, tree)
-    for example in tree.rglob("*.env.example"):
-        shutil.copy(example, example.with_suffix(""))
-    objects = []
-    for directory in KUSTOMIZATIONS:
-        result = subprocess.run([kubectl, "kustomize", str(tree / directory)],
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
-        objects += [obj for obj in yaml.safe_load_all(result.stdout) if obj]
-    return objects
+def rendered(k8s_builds: dict[str, list[dict]]) -> list[dict]:
+    return [obj for objects in k8s_builds.values() for obj in objects]
 
 
 @pytest.fixture(scope="module")
@@ -222,35 +160,43 @@ def extra_manifests() -> list[dict]:
     return objects
 
 
-@pytest.fixture(scope="module")
-def rendered_secrets(rendered: list[dict]) -> dict[tuple[str, str], set[str]]:
+def secrets_of(objects: list[dict]) -> dict[tuple[str, str], set[str]]:
+    """(namespace, rendered name) -> keys of the Secrets among `objects`."""
     return {(obj["metadata"]["namespace"], obj["metadata"]["name"]): set(obj.get("data", {}))
-            for obj in rendered if obj["kind"] == "Secret"}
+            for obj in objects if obj["kind"] == "Secret"}
 
 
 # ---- tests of the manifests -------------------------------------------------------------------
-def test_kustomize_builds_the_tracking_stack(rendered: list[dict]) -> None:
-    found = {(obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]) for obj in rendered}
-    for expected in [("Namespace", None, "crypson"),
-                     ("StatefulSet", "crypson", "crypson-postgres"), ("Service", "crypson", "crypson-postgres"),
-                     ("StatefulSet", "crypson", "crypson-minio"), ("Service", "crypson", "crypson-minio"),
-                     ("Deployment", "crypson", "crypson-mlflow"), ("Service", "crypson", "crypson-mlflow"),
-                     ("Job", "crypson", "crypson-create-buckets"),
-                     ("Secret", "kubeflow", "crypson-mlflow"),
-                     ("PersistentVolumeClaim", "kubeflow", "crypson-workspace")]:
-        assert expected in found, f"{expected} missing from the kustomize output"
-    statefulsets = [obj for obj in rendered if obj["kind"] == "StatefulSet"]
-    assert all(obj["spec"]["volumeClaimTemplates"] for obj in statefulsets), "a StatefulSet without a PVC"
+TRACKING_STACK = [("Namespace", None, "crypson"),
+                  ("StatefulSet", "crypson", "crypson-postgres"), ("Service", "crypson", "crypson-postgres"),
+                  ("Deployment", "crypson", "crypson-mlflow"), ("Service", "crypson", "crypson-mlflow")]
+SEAWEEDFS = [("StatefulSet", "crypson", "crypson-seaweedfs"), ("Service", "crypson", "crypson-seaweedfs"),
+             ("NetworkPolicy", "crypson", "crypson-seaweedfs"), ("Job", "crypson", "crypson-create-buckets")]
 
 
-def test_pipeline_secret_holds_exactly_the_keys_the_steps_read(rendered: list[dict]) -> None:
-    secret = next(obj for obj in rendered if obj["kind"] == "Secret" and obj["metadata"]["name"] == "crypson-mlflow")
+def test_kustomize_builds_the_tracking_stack(k8s_builds: dict[str, list[dict]]) -> None:
+    def found(directory: str) -> set[tuple[str, str | None, str]]:
+        return {(obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
+                for obj in k8s_builds[directory] if obj["kind"] not in ("Secret", "ConfigMap")}  # hashed names
+
+    platform_agnostic, gke = found("overlays/platform-agnostic"), found("overlays/gke")
+    assert set(TRACKING_STACK + SEAWEEDFS) <= platform_agnostic
+    assert set(TRACKING_STACK) | {("ServiceAccount", "crypson", "crypson-mlflow")} <= gke
+    assert gke.isdisjoint(SEAWEEDFS), "the GKE overlay keeps SeaweedFS or the bucket Job"
+    assert found("pipelines") == {("PersistentVolumeClaim", "kubeflow", "crypson-workspace")}
+    find(k8s_builds["pipelines"], "Secret", "crypson-mlflow")
+    statefulsets = [obj for obj in k8s_builds["overlays/platform-agnostic"] if obj["kind"] == "StatefulSet"]
+    assert len(statefulsets) == 2 and all(obj["spec"]["volumeClaimTemplates"] for obj in statefulsets)
+
+
+def test_pipeline_secret_holds_exactly_the_keys_the_steps_read(k8s_builds: dict[str, list[dict]]) -> None:
+    secret = find(k8s_builds["pipelines"], "Secret", "crypson-mlflow")
     assert set(secret["data"]) == {"MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
                                    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     tracking_uri = base64.b64decode(secret["data"]["MLFLOW_TRACKING_URI"]).decode()
-    service = next(obj for obj in rendered if obj["kind"] == "Service" and obj["metadata"]["name"] == "crypson-mlflow")
-    port = service["spec"]["ports"][0]["port"]
-    assert tracking_uri == f"http://crypson-mlflow.crypson.svc.cluster.local:{port}"
+    for directory in ("overlays/platform-agnostic", "overlays/gke"):  # the same Service in both
+        port = find(k8s_builds[directory], "Service", "crypson-mlflow")["spec"]["ports"][0]["port"]
+        assert tracking_uri == f"http://crypson-mlflow.crypson.svc.cluster.local:{port}"
 
 
 def test_objects_pass_the_strict_schema(rendered: list[dict], extra_manifests: list[dict]) -> None:
@@ -272,20 +218,36 @@ def test_names_restart_policies_and_images(rendered: list[dict], extra_manifests
     assert any(obj["kind"] == "Job" for obj in rendered), "no Job: the restart-policy check checked nothing"
 
 
+def test_no_minio_image_remains(rendered: list[dict], extra_manifests: list[dict]) -> None:
+    """MinIO's community edition is unmaintained: SeaweedFS (and GCS on GKE) replaced it everywhere."""
+    images = [container["image"] for obj in rendered + extra_manifests
+              for _, pod in pod_specs(obj) for container in containers(pod)]
+    assert len(images) >= 5 and "chrislusf/seaweedfs" in {image.rsplit(":", 1)[0] for image in images}
+    assert [image for image in images if "minio" in image.lower()] == []
+    manifests = [path for path in (REPO / "infra").rglob("*") if path.suffix in (".yaml", ".tf", ".example")]
+    assert [path for path in manifests if "minio" in path.read_text().lower()] == []
+
+
 def test_gpu_pods_match_the_terraform_pool(rendered: list[dict], extra_manifests: list[dict]) -> None:
     pool = terraform_gpu_pool()
     assert [v for obj in rendered + extra_manifests for v in gpu_violations(obj, pool)] == []
 
 
-def test_secret_references_name_template_keys(rendered: list[dict], extra_manifests: list[dict],
-                                              rendered_secrets: dict[tuple[str, str], set[str]]) -> None:
-    assert [v for obj in rendered + extra_manifests for v in secret_ref_violations(obj, rendered_secrets)] == []
+def test_secret_references_name_template_keys(k8s_builds: dict[str, list[dict]],
+                                              extra_manifests: list[dict]) -> None:
+    # Each build's objects refer to its own Secrets; the plain manifests to those of the pipelines build.
+    checked = [(objects, secrets_of(objects)) for objects in k8s_builds.values()]
+    checked.append((extra_manifests, secrets_of(k8s_builds["pipelines"])))
+    assert [v for objects, secrets in checked for obj in objects for v in secret_ref_violations(obj, secrets)] == []
     # The rendered Secrets are exactly the templates (names aside from kustomize's hash suffix).
-    templates = secret_templates()
-    for (namespace, name), keys in templates.items():
-        matches = [k for (ns, n), k in rendered_secrets.items() if ns == namespace and re.fullmatch(
-            rf"{re.escape(name)}(-[a-z0-9]{{10}})?", n)]
-        assert matches == [keys], f"Secret {namespace}/{name}: rendered {matches}, template {keys}"
+    for directory in KUSTOMIZATIONS:
+        rendered_secrets = secrets_of(k8s_builds[directory])
+        templates = secret_templates(directory)
+        assert len(rendered_secrets) == len(templates), f"{directory}: Secrets without a template"
+        for (namespace, name), keys in templates.items():
+            matches = [k for (ns, n), k in rendered_secrets.items() if ns == namespace and re.fullmatch(
+                rf"{re.escape(name)}(-[a-z0-9]{{10}})?", n)]
+            assert matches == [keys], f"{directory}: Secret {namespace}/{name}: rendered {matches}, template {keys}"
 
 
 def test_secret_templates_hold_placeholders_only() -> None:
@@ -315,7 +277,7 @@ def test_pipeline_code_uses_the_infra_names() -> None:
     pool = terraform_gpu_pool()
     assert module.GPU_NODE_LABEL == ("cloud.google.com/gke-nodepool", pool["name"])
     assert toleration_matches(module.GPU_TAINT, pool)
-    assert set(module.MLFLOW_SECRET_KEYS) <= secret_templates()[("kubeflow", module.MLFLOW_SECRET)]
+    assert set(module.MLFLOW_SECRET_KEYS) <= secret_templates("pipelines")[("kubeflow", module.MLFLOW_SECRET)]
 
 
 # ---- Terraform ---------------------------------------------------------------------------------
