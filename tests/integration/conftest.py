@@ -71,7 +71,8 @@ def _stack_environment(request, monkeypatch):
 
 @pytest.fixture(scope="session")
 def server_pipeline(services, tmp_path_factory):
-    """The tiny pipeline through `dvc repro`, tracked on the stack's server: (repo, dvc output)."""
+    """The tiny pipeline through `dvc repro`, tracked on the stack's server: (repo, dvc's output and the
+    stages' logs)."""
     repo = new_tiny_repo(tmp_path_factory.mktemp("crypson"))
     first = run(["dvc", "repro"], repo, env=stack.client_env(services))
-    return repo, first.stdout
+    return repo, first.stdout + first.stderr

@@ -1,6 +1,7 @@
 """The MLflow UI, rendered by headless Chromium from the stack's server after the tiny pipeline."""
 
 import base64
+import json
 import html
 import http.server
 import os
@@ -113,3 +114,50 @@ def test_ui_shows_run_metrics_and_model_aliases(services, server_pipeline, signe
     assert re.search(r"@\s*candidate", page) and re.search(r"@\s*champion", page)
     assert f"git_commit : {version.tags['git_commit']}" in page
     assert f"data_version : {version.tags['data_version']}" in page
+
+
+def test_runs_table_shows_the_named_execution_with_its_headline(services, server_pipeline, signed_in, tmp_path):
+    """The link promote prints opens the model-training view: the execution's parent row (its name, not a
+    hash) with the headline figures, without expanding anything."""
+    _, output = server_pipeline
+    client = mlflow.MlflowClient(services.tracking_uri)
+    experiment = client.get_experiment_by_name("crypson")
+    [parent] = client.search_runs([experiment.experiment_id], "tags.`crypson.execution` != ''")
+    assert parent.info.status == "FINISHED" and parent.data.tags["promoted"] == "true"
+    link = re.search(r"MLflow: (http\S+)", output).group(1)
+    assert link.endswith(f"#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+                         "?workflowType=machine_learning")
+    page = render(link.replace(services.tracking_uri, signed_in), tmp_path, "execution-run")
+    assert parent.info.run_name in page
+    for metric in ("accuracy_real", "psnr_db", "class_consistency", "promoted"):
+        assert metric in page, metric
+    table = render(f"{signed_in}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning",
+                   tmp_path, "runs-table")
+    assert parent.info.run_name in table and "Traces" not in table.split(parent.info.run_name)[0][-200:]
+
+
+def test_version_page_shows_schema_and_model_card(services, server_pipeline, signed_in, tmp_path):
+    repo, _ = server_pipeline
+    page = render(f"{signed_in}/#/models/crypson-vae/versions/1", tmp_path, "vae-version")
+    assert "Schema" in page and "Inputs (1)" in page and "Outputs (1)" in page  # the signature
+    assert "Intended use." in page and "Known limits." in page  # the model card, as the description
+    assert "receiver accuracy, real test images" in page
+    # the version's logged model carries the evaluation's figures (LoggedModel metrics)
+    registration = json.loads((repo / "models" / "vae" / "registration.json").read_text())
+    experiment = mlflow.MlflowClient(services.tracking_uri).get_experiment_by_name("crypson")
+    model = render(f"{signed_in}/#/experiments/{experiment.experiment_id}/models/{registration['model_id']}",
+                   tmp_path, "vae-logged-model")
+    assert "accuracy_real" in model and "evaluate" in model and "psnr_db" in model
+
+
+def test_data_docs_and_security_report_open_as_web_pages(server_pipeline, tmp_path):
+    repo, _ = server_pipeline
+    validation = json.loads((repo / "reports" / "validation.json").read_text())["results"]["metadata"]
+    (page,) = (repo / "reports" / "data_docs" / "validations" / "metadata").rglob("*.html")
+    docs = render(page.as_uri(), tmp_path, "data-docs")
+    assert "Expectation Suite: metadata" in docs and "Status: Succeeded" in docs
+    assert f"Evaluated Expectations {validation['statistics']['evaluated_expectations']}" in docs
+    report = render((repo / "reports" / "security_quality.html").as_uri(), tmp_path, "security-report")
+    attacks = json.loads((repo / "metrics" / "attacks.json").read_text())
+    assert "End to end" in report and "keyed-modular" in report
+    assert f"{attacks['default_scheme_cer']:.3f}" in report
