@@ -20,15 +20,17 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
-import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
-from torch import nn
 
 from crypson.files import file_sha256
+
+if TYPE_CHECKING:  # torch loads where a network is logged or loaded, not in every process that tracks
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +326,8 @@ def log_network(
 
     from crypson.registry_network import input_example, network_predict
 
+    import torch
+
     model = model.cpu().eval()
     sha256, file = file_sha256(weights), Path(weights).name
     example = input_example(kind, model)
@@ -428,6 +432,8 @@ def pip_requirements() -> list[str]:
     the project's image) where this version is installed, so nothing is fetched by name.
     """
     from importlib.metadata import version
+
+    import torch
 
     return [f"torch=={torch.__version__.split('+')[0]}", f"crypson=={version('crypson')}",
             f"mlflow=={mlflow.__version__}"]

@@ -7,7 +7,7 @@ import torch
 
 from crypson import model_files
 from crypson.config import parse_config
-from crypson.stages.evaluation import check_gates
+from crypson.stages.promotion import check_gates
 
 
 def test_gates_report_value_threshold_and_margin():
@@ -99,7 +99,7 @@ def _write_metrics(layout, advantage_low: float | None) -> None:
 @pytest.mark.parametrize("advantage_low, promoted", [(0.0, True), (0.03, False), (None, False)])
 def test_promote_moves_champion_only_when_every_gate_passes(registered, advantage_low, promoted):
     from crypson import tracking
-    from crypson.stages.evaluation import promote
+    from crypson.stages.promotion import promote
 
     layout, context = registered
     _write_metrics(layout, advantage_low)

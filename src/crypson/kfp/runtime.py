@@ -213,12 +213,12 @@ def run_stage(stage: str, params: str, inputs: Mapping[str, str], outputs: Mappi
 
 
 def gates_pass(params: str, evaluation: Mapping[str, Any], attacks: Mapping[str, Any]) -> bool:
-    """Whether every promotion gate passes (crypson.stages.evaluation.check_gates), printing each.
+    """Whether every promotion gate passes (crypson.stages.promotion.check_gates), printing each.
 
     The pipeline runs promotion only when this is true (the `dsl.If`); the promote stage checks
     the same gates again before it moves `champion`, so the two can never disagree silently.
     """
-    from crypson.stages.evaluation import check_gates
+    from crypson.stages.promotion import check_gates
 
     gates = check_gates(load_params(params), {**evaluation, **attacks})
     for gate in gates:

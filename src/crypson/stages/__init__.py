@@ -17,7 +17,7 @@ from crypson.layout import Layout
 # Stage name -> its module under crypson.stages, in pipeline order (dvc.yaml's, tested).
 STAGE_MODULES = {"ingest": "data", "prepare": "data", "validate": "data", "train_cgan": "training",
                  "train_vae": "training", "train_classifier": "training", "evaluate": "evaluation",
-                 "attack": "attack", "promote": "evaluation"}
+                 "attack": "attack", "promote": "promotion"}
 _LAZY = {**{name: home for name, home in STAGE_MODULES.items() if name != home}, "DataValidationError": "data"}
 
 __all__ = ["Layout", "STAGE_MODULES", "stage_function", *_LAZY]
