@@ -25,7 +25,7 @@ repro: setup
 	dvc repro
 
 # The experiments table with the headline figures only (dvc exp show has a column for every param and metric).
-HEADLINE := ^accuracy_real$$|^accuracy_generated$$|^psnr_db$$|^class_consistency$$|^default_scheme_max_advantage_ci_low$$|^promoted$$
+HEADLINE := ^accuracy_real$$|^accuracy_generated$$|^psnr_db$$|^class_consistency$$|^default_scheme_max_advantage_ci_low$$
 exps: setup
 	dvc exp show --no-pager --drop '.*' --keep 'Experiment|Created|$(HEADLINE)' $(EXPS_ARGS)
 
