@@ -40,6 +40,7 @@ from crypson.evaluate.learned import (argmax_accuracy, best_of_restarts, num_pos
                                      with_positions)
 from crypson.evaluate.stats import wilson_interval
 from crypson.inference import chunked, inference_chunk
+from crypson.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -327,6 +328,8 @@ def run_attack_suite(schemes: Sequence[MaskScheme], data: AttackData, seed: int 
                                    for given, default in zip((restarts, epochs, grid_size), defaults))
     train_labels, test_labels = data.train_labels, data.test_labels
     results = []
+    # Four attackers a scheme, five with the timestep search.
+    progress = Progress("attack", sum(4 + isinstance(scheme, KeyedTimestepMask) for scheme in schemes))
     for index, scheme in enumerate(schemes):
         seeds = np.random.default_rng([seed, index]).integers(2**32, size=3)
         train_seed, test_seed, same_key_seed = (int(value) for value in seeds)
@@ -335,29 +338,35 @@ def run_attack_suite(schemes: Sequence[MaskScheme], data: AttackData, seed: int 
         test_features, test_positions = make_ciphertexts(scheme, data.test_latents, data.message_length, test_seed)
         note = _scheme_notes(scheme, data.train_latents)
 
-        predicted = known_model_attack(scheme, test_features, test_positions, data.classifier)
+        with progress.step(f"{scheme.name}: known-model"):
+            predicted = known_model_attack(scheme, test_features, test_positions, data.classifier)
         accuracy = float((predicted == test_labels).float().mean())
         results.append(data.scored(scheme.name, "known-model", accuracy, note))
         if isinstance(scheme, KeyedTimestepMask):
-            predicted = timestep_search_attack(scheme, test_features, data.classifier, grid_size, seed)
+            with progress.step(f"{scheme.name}: timestep-search over {grid_size} candidates"):
+                predicted = timestep_search_attack(scheme, test_features, data.classifier, grid_size, seed)
             accuracy = float((predicted == test_labels).float().mean())
             results.append(data.scored(scheme.name, "timestep-search", accuracy,
                                        f"{grid_size} candidate t of {TIMESTEP_RANGE}"))
 
-        accuracy = linear_probe_attack(train_features, train_labels, test_features, test_labels,
-                                       train_positions, test_positions)
+        with progress.step(f"{scheme.name}: linear-probe"):
+            accuracy = linear_probe_attack(train_features, train_labels, test_features, test_labels,
+                                           train_positions, test_positions)
         results.append(data.scored(scheme.name, "linear-probe", accuracy, note))
-        accuracy = learned_inversion_attack(train_features, train_labels, test_features, test_labels, train_positions,
-                                            test_positions, data.num_classes, restarts, epochs, seed=seed)
+        with progress.step(f"{scheme.name}: learned-inversion ({restarts} restarts)"):
+            accuracy = learned_inversion_attack(train_features, train_labels, test_features, test_labels,
+                                                train_positions, test_positions, data.num_classes, restarts, epochs,
+                                                seed=seed)
         results.append(data.scored(scheme.name, "learned-inversion", accuracy, note))
 
         # Known plaintext: the attacker holds (ciphertext, character) pairs under the victim's key, new nonces.
         all_features, all_positions = make_ciphertexts(scheme, torch.cat([data.train_latents, data.test_latents]),
                                                        data.message_length, same_key_seed, same_key=True)
         split = len(data.train_latents)
-        accuracy = learned_inversion_attack(all_features[:split], train_labels, all_features[split:], test_labels,
-                                            all_positions[:split], all_positions[split:], data.num_classes, restarts,
-                                            epochs, seed=seed)
+        with progress.step(f"{scheme.name}: known-plaintext ({restarts} restarts)"):
+            accuracy = learned_inversion_attack(all_features[:split], train_labels, all_features[split:],
+                                                test_labels, all_positions[:split], all_positions[split:],
+                                                data.num_classes, restarts, epochs, seed=seed)
         results.append(data.scored(scheme.name, "known-plaintext", accuracy,
                                    "one key, fresh nonces; learned inversion"))
     return results

@@ -11,11 +11,14 @@ flattered by the pick.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -93,6 +96,7 @@ def best_of_restarts(inputs: torch.Tensor, targets: torch.Tensor, outputs: int, 
         model = train_mlp(inputs[fit], targets[fit], outputs, loss, epochs, hidden, seed + 1 + restart)
         with torch.no_grad():
             value = score(model(inputs[validation]), targets[validation])
+        log.info("  restart %d/%d: validation score %.4f", restart + 1, restarts, value)
         if value > best_score:
             best_score, best_model = value, model
     return best_model

@@ -32,6 +32,7 @@ from crypson.evaluate.inversion import image_inversion_suite, nonce_reuse_suite
 from crypson.evaluate.report import (EndToEnd, SenderCheck, attacks_markdown, class_error_bounds, markdown_to_html,
                                      misread_chance, security_quality_markdown)
 from crypson.files import atomic_write_bytes, atomic_write_json
+from crypson.progress import Progress
 from crypson.stages.common import write_csv
 from crypson.layout import Layout
 from crypson.stages.image_quality import FIGURES, figures_dir
@@ -82,9 +83,11 @@ def _end_to_end(config: Config, models: codec.CipherModels, schemes: list[MaskSc
         mlflow.log_metric("corpus_characters_removed", removed)  # outside this split's alphabet
     key = SecretKey(np.random.default_rng(derived_seed(config.seed, "corpus-key")).bytes(KEY_BYTES))
     results = []
+    progress = Progress("corpus", len(schemes))
     for scheme in schemes:
-        cer, misread, decoded, references = end_to_end_error_rate(models, messages, scheme, key,
-                                                                  config.cipher.candidates)
+        with progress.step(f"{scheme.name}: {len(messages)} messages encrypted and decrypted"):
+            cer, misread, decoded, references = end_to_end_error_rate(models, messages, scheme, key,
+                                                                      config.cipher.candidates)
         results.append(EndToEnd(scheme.name, cer, sum(len(r) for r in references), misread,
                                 list(zip(references, decoded))[:3]))
     return results

@@ -20,6 +20,7 @@ from crypson.evaluate import figures, quality
 from crypson.evaluate.attacks import wilson_interval
 from crypson.inference import chunked, sample_per_class
 from crypson.files import atomic_write_bytes
+from crypson.progress import Progress
 from crypson.train.vae import reconstruction_grid, to_unit_range
 
 FIGURES = ("samples_per_class.png", "reconstructions.png", "latent_pca.png", "latent_tsne.png")
@@ -62,8 +63,10 @@ def cgan_quality(config: Config, data: PreparedData, generator, generated: torch
     train = to_unit_range(torch.from_numpy(data.train.images))
     test = to_unit_range(torch.from_numpy(data.test.images))
     val = to_unit_range(torch.from_numpy(data.val.images))
-    judge = quality.train_reference_classifier(train, torch.from_numpy(data.train.labels), len(data.classes),
-                                               config.evaluate.reference_epochs, derived_seed(config.seed, "judge"))
+    progress = Progress("image quality", 3 + len(config.evaluate.truncation_levels))
+    with progress.step(f"the judge: {config.evaluate.reference_epochs} epochs on {len(train)} real images"):
+        judge = quality.train_reference_classifier(train, torch.from_numpy(data.train.labels), len(data.classes),
+                                                   config.evaluate.reference_epochs, derived_seed(config.seed, "judge"))
     test_labels = torch.from_numpy(data.test.labels)
     correct = quality.predict(judge, generated) == generated_labels
     hits = int(correct.sum())
@@ -75,16 +78,18 @@ def cgan_quality(config: Config, data: PreparedData, generator, generated: torch
         "class_consistency_ci_low": low,
         "class_consistency_ci_high": high,
         "worst_class_consistency": min(per_class),
-        "frechet_distance": quality.frechet_distance(judge, test, generated),
-        "frechet_distance_real_vs_real": quality.frechet_distance(judge, test, val),
     }
+    with progress.step("Frechet distances: cGAN vs real, real vs real"):
+        results["frechet_distance"] = quality.frechet_distance(judge, test, generated)
+        results["frechet_distance_real_vs_real"] = quality.frechet_distance(judge, test, val)
     own = generator.truncation
     try:
         for level in config.evaluate.truncation_levels:
-            generator.truncation = level
-            images, labels = sample_per_class(generator, config.evaluate.generated_per_class,
-                                              derived_seed(config.seed, f"truncation-{level}"))
-            results[truncation_key(level)] = float((quality.predict(judge, images) == labels).float().mean())
+            with progress.step(f"class consistency at truncation {level}"):
+                generator.truncation = level
+                images, labels = sample_per_class(generator, config.evaluate.generated_per_class,
+                                                  derived_seed(config.seed, f"truncation-{level}"))
+                results[truncation_key(level)] = float((quality.predict(judge, images) == labels).float().mean())
     finally:
         generator.truncation = own
     return results, per_class
@@ -115,8 +120,10 @@ def write_figures(config: Config, data: PreparedData, generator, vae, root: Path
     originals = torch.from_numpy(data.test.images[:: max(1, len(data.test.images) // 32)][:32])
     atomic_write_bytes(out / FIGURES[1], figures.image_grid_png(reconstruction_grid(vae, originals), 16))
     latents = _latents(vae, to_unit_range(torch.from_numpy(data.test.images)), settings.batch_size).numpy()
+    progress = Progress("latent figures", 2)
     for name, method, limit in ((FIGURES[2], "pca", None), (FIGURES[3], "tsne", settings.tsne_points)):
-        points, rows = figures.project_latents(latents, method, config.seed, limit)
+        with progress.step(f"{method.upper()} of {min(len(latents), limit or len(latents))} latents"):
+            points, rows = figures.project_latents(latents, method, config.seed, limit)
         title = f"VAE latent means of the real test split, {method.upper()} ({len(rows)} points)"
         atomic_write_bytes(out / name, figures.embedding_png(points, data.test.labels[rows], data.classes, title))
     return [out / name for name in FIGURES]
