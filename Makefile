@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup system-deps repro exps test test-unit test-image bench clean-outputs
+.PHONY: setup system-deps repro exps test test-unit test-image image image-push bench clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -46,6 +46,23 @@ test: setup system-deps
 # The component image built and run with rootful podman over a local Debian base (about 8 min).
 test-image:
 	bash ci/podman_image_check.sh
+
+# The component image of this commit (docker/README.md): tagged and labelled with HEAD, which it also bakes in
+# (every MLflow run and version made in it records that commit). A dirty tree is refused: its code is not HEAD's.
+# image-push pushes it and writes the reference by digest to $(IMAGE_REF): `crypson pipeline submit --image "$$(cat image.ref)"`.
+IMAGE_REPO ?= ghcr.io/crypson/crypson
+CONTAINER ?= podman
+COMMIT = $(shell git rev-parse HEAD)
+image:
+	@test -z "$$(git status --porcelain --untracked-files=no)" || { \
+	    echo "make image: commit your changes first: the image is HEAD's code, tagged $(IMAGE_REPO):<commit>" >&2; exit 1; }
+	$(CONTAINER) build -f docker/Dockerfile --build-arg GIT_COMMIT=$(COMMIT) $(IMAGE_ARGS) -t $(IMAGE_REPO):$(COMMIT) .
+
+IMAGE_REF ?= image.ref
+image-push: image
+	$(CONTAINER) push --digestfile $(IMAGE_REF).digest $(IMAGE_REPO):$(COMMIT)
+	echo "$(IMAGE_REPO):$(COMMIT)@$$(cat $(IMAGE_REF).digest)" > $(IMAGE_REF) && rm $(IMAGE_REF).digest
+	@echo "pushed: $$(cat $(IMAGE_REF))"
 
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit

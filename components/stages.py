@@ -10,7 +10,8 @@ Every stage's `params` is the JSON of only the params keys it reads (its dvc.yam
 of `split_params`, which runs first on the pipeline's whole `params` argument: KFP's cache key of a
 task is made of its input values, so a change to `vae.lr` leaves the data tasks' keys as they were.
 Data stages take no run id, so KFP's cache can reuse them across runs; stages that log to MLflow
-take the KFP run id (`run_id`) and the code's commit, which become MLflow tags.
+take the KFP run id (`run_id`) and the code's commit, which become MLflow tags. Training stages also take
+the run's `workspace` (KFP's workspace volume), where their checkpoints outlive a killed pod.
 No `from __future__ import annotations` here: KFP reads the annotations as types.
 """
 
@@ -22,14 +23,22 @@ from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markd
 from kfp.dsl.python_component import PythonComponent
 
 
-def split_params(params: str, keys: dict) -> NamedTuple("TaskParams", [
-        ("ingest", str), ("prepare", str), ("validate", str), ("train_cgan", str), ("train_vae", str),
-        ("train_classifier", str), ("evaluate", str), ("attack", str), ("gate", str), ("promote", str)]):
-    """Validate the pipeline's params and cut them into what each task reads (`keys`: task -> params keys,
-    dvc.yaml's lists): one JSON text per task, in crypson.kfp.runtime.PARAMS_TASKS order."""
+def split_params(params: str, keys: dict, presets: str, preset: str, data_source: str, data_split: str,
+                 cgan_epochs: int, vae_epochs: int, classifier_epochs: int, cipher_scheme: str) -> NamedTuple(
+        "TaskParams", [("ingest", str), ("prepare", str), ("validate", str), ("train_cgan", str),
+                       ("train_vae", str), ("train_classifier", str), ("evaluate", str), ("attack", str),
+                       ("gate", str), ("promote", str)]):
+    """The pipeline's params, with the named preset (one of `presets`, presets/*.yaml) and the typed run
+    parameters that are set ("" and 0 are not) on top, validated, and cut into what each task reads (`keys`:
+    task -> params keys, dvc.yaml's lists): one JSON text per task, in crypson.kfp.runtime.PARAMS_TASKS order.
+    `presets` is JSON text (name -> partial params): a KFP struct cannot hold the presets' nulls."""
+    import json
+
     from crypson.kfp import runtime
 
-    return runtime.split_params(params, keys)
+    values = {"data_source": data_source, "data_split": data_split, "cgan_epochs": cgan_epochs,
+              "vae_epochs": vae_epochs, "classifier_epochs": classifier_epochs, "cipher_scheme": cipher_scheme}
+    return runtime.split_params(runtime.overlay_run_parameters(params, json.loads(presets), preset, values), keys)
 
 
 def ingest(params: str, data_repo_url: str, data_rev: str, dvc_remote: str, dvc_remote_url: str,
@@ -57,36 +66,37 @@ def validate(params: str, prepared: Input[Dataset], report: Output[Artifact], da
     report.metadata["success"] = result["success"]
 
 
-def train_cgan(params: str, run_id: str, git_commit: str, prepared: Input[Dataset], cgan: Output[Model],
-               metrics: Output[Metrics]):
+def train_cgan(params: str, run_id: str, git_commit: str, workspace: str, prepared: Input[Dataset],
+               cgan: Output[Model], metrics: Output[Metrics]):
     """Train and register the conditional GAN (`crypson-cgan`)."""
     from crypson.kfp import runtime
 
     results = runtime.run_stage("train_cgan", params, {"prepared": prepared.path}, {"cgan": cgan.path},
-                                run_id=run_id, git_commit=git_commit)
+                                run_id=run_id, git_commit=git_commit, workspace=workspace)
     runtime.log_metrics(metrics, results)
     cgan.metadata.update(runtime.registration(cgan.path))
 
 
-def train_vae(params: str, run_id: str, git_commit: str, prepared: Input[Dataset], vae: Output[Model],
-              metrics: Output[Metrics]):
+def train_vae(params: str, run_id: str, git_commit: str, workspace: str, prepared: Input[Dataset],
+              vae: Output[Model], metrics: Output[Metrics]):
     """Train and register the VAE (`crypson-vae`)."""
     from crypson.kfp import runtime
 
     results = runtime.run_stage("train_vae", params, {"prepared": prepared.path}, {"vae": vae.path},
-                                run_id=run_id, git_commit=git_commit)
+                                run_id=run_id, git_commit=git_commit, workspace=workspace)
     runtime.log_metrics(metrics, results)
     vae.metadata.update(runtime.registration(vae.path))
 
 
-def train_classifier(params: str, run_id: str, git_commit: str, prepared: Input[Dataset], cgan: Input[Model],
-                     vae: Input[Model], classifier: Output[Model], metrics: Output[Metrics]):
+def train_classifier(params: str, run_id: str, git_commit: str, workspace: str, prepared: Input[Dataset],
+                     cgan: Input[Model], vae: Input[Model], classifier: Output[Model], metrics: Output[Metrics]):
     """Train and register the latent classifier over the VAE's frozen decoder (`crypson-classifier`)."""
     from crypson.kfp import runtime
 
     results = runtime.run_stage("train_classifier", params,
                                 {"prepared": prepared.path, "cgan": cgan.path, "vae": vae.path},
-                                {"classifier": classifier.path}, run_id=run_id, git_commit=git_commit)
+                                {"classifier": classifier.path}, run_id=run_id, git_commit=git_commit,
+                                workspace=workspace)
     runtime.log_metrics(metrics, results)
     classifier.metadata.update(runtime.registration(classifier.path))
 

@@ -16,12 +16,16 @@ task is made of its input values, input artifacts and component, so with its own
 a data task keeps its key when `vae.lr` changes. The cut is made by a first, light task
 (`split_params`) rather than at compile time: `params` stays one pipeline argument that a
 submission overrides whole (`crypson pipeline submit`, presets), and each stage gets that run's
-values. Compile-time subsets would freeze each stage's settings into the spec, or make every
+values. The knobs a user changes in the KFP UI's run form are typed arguments laid over it:
+`preset` (a name of presets/, whose files are compiled into the spec), `data_source`, `data_split`,
+`cgan_epochs`, `vae_epochs`, `classifier_epochs`, `cipher_scheme` ("" and 0 keep params' value). Compile-time subsets would freeze each stage's settings into the spec, or make every
 section an argument of its own that the submitter must keep consistent (`seed` is read by seven
 stages). The tasks that log to MLflow are not cached at all (a cache hit would log no run), so
 there the narrow input keeps their key honest rather than saving a run.
 """
 
+
+import json
 
 from kfp import dsl, kubernetes
 from kfp.dsl.graph_component import GraphComponent
@@ -29,7 +33,9 @@ from kfp.dsl.graph_component import GraphComponent
 from components import stages
 
 DEFAULT_IMAGE = "ghcr.io/crypson/crypson:0.1.0"
-IMAGE_ENV = "CRYPSON_IMAGE"  # overrides DEFAULT_IMAGE at compile time
+# Overrides DEFAULT_IMAGE at compile time; inside every task, the image it runs in (crypson.provenance.IMAGE_ENV:
+# the `crypson.image` and `crypson.image_digest` tags of each MLflow run and model version).
+IMAGE_ENV = "CRYPSON_IMAGE"
 PIPELINE_NAME = "crypson"
 
 # The GPU node pool (infra/ creates it with this label and taint).
@@ -49,7 +55,8 @@ DATA_REQUESTS = {"cpu": "1", "memory": "4Gi"}
 # cores, and nothing has run on a cluster yet; a schedule beyond presets/report.yaml's needs larger limits.
 TIMEOUT_S = {"light": 30 * 60, "data": 2 * 3600, "training": 4 * 3600, "scoring": 4 * 3600}
 # Training tasks retry twice, 2 then 4 minutes after a failure, for what goes away by itself (a reclaimed
-# GPU node, an MLflow or S3 restart). A retry trains from the start: checkpoints live in the pod.
+# GPU node, an MLflow or S3 restart). A retry resumes at the epoch after the last checkpoint, in the same
+# MLflow run: the checkpoints live in the run's workspace (WORKSPACE), not in the pod.
 TRAINING_RETRIES = 2
 RETRY_BACKOFF_S = 120
 RETRY_BACKOFF_FACTOR = 2.0
@@ -59,6 +66,15 @@ RETRY_BACKOFF_FACTOR = 2.0
 # holds its GPU for at most three time limits, 12 hours.
 TRAINING_RETRY_WINDOW_S = (TRAINING_RETRIES + 1) * TIMEOUT_S["training"] + int(
     sum(RETRY_BACKOFF_S * RETRY_BACKOFF_FACTOR ** retry for retry in range(TRAINING_RETRIES)))
+
+# The run's workspace: a volume KFP creates for each run and mounts into every task that names it
+# (dsl.WORKSPACE_PATH_PLACEHOLDER), kept while the run lasts. The training tasks keep their checkpoints there
+# (crypson.kfp.runtime.checkpoint_dir), so a retried pod, on any node, resumes them. ReadWriteMany because
+# the cGAN and VAE tasks run at the same time, possibly on two GPU nodes; the storage class is the cluster's
+# KFP default for workspaces (infra/kubeflow/README.md: on GKE a Filestore class). The default run's three
+# checkpoints take a few MB; the size leaves room for the report preset's.
+WORKSPACE = dsl.PipelineConfig(workspace=dsl.WorkspaceConfig(
+    size="10Gi", kubernetes=dsl.KubernetesWorkspaceConfig(pvcSpecPatch={"accessModes": ["ReadWriteMany"]})))
 
 # MLflow server and S3 store: environment variables from this Secret (infra/ creates it).
 MLFLOW_SECRET = "crypson-mlflow"
@@ -80,9 +96,9 @@ def limited(task: dsl.PipelineTask, kind: str) -> dsl.PipelineTask:
     return kubernetes.set_timeout(task, TIMEOUT_S[kind])
 
 
-def training(task: dsl.PipelineTask) -> dsl.PipelineTask:
+def training(task: dsl.PipelineTask, backoff_s: int = RETRY_BACKOFF_S) -> dsl.PipelineTask:
     """A training task: on one GPU, time-limited, retried with exponential back-off, logged to MLflow."""
-    task.set_retry(num_retries=TRAINING_RETRIES, backoff_duration=f"{RETRY_BACKOFF_S}s",
+    task.set_retry(num_retries=TRAINING_RETRIES, backoff_duration=f"{backoff_s}s",
                    backoff_factor=RETRY_BACKOFF_FACTOR, backoff_max_duration=f"{TRAINING_RETRY_WINDOW_S}s")
     return tracked(limited(on_gpu_pool(task), "training"))
 
@@ -102,22 +118,43 @@ def tracked(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return with_mlflow_secret(task).set_caching_options(False)
 
 
-def build_pipeline(params: str, task_params: dict[str, list[str]], image: str = DEFAULT_IMAGE) -> GraphComponent:
+def build_pipeline(params: str, task_params: dict[str, list[str]], image: str = DEFAULT_IMAGE,
+                   retry_backoff_s: int = RETRY_BACKOFF_S, presets: dict[str, dict] | None = None) -> GraphComponent:
     """The pipeline, with `params` (params.yaml text) as the default of its `params` argument.
 
     Args:
         params: params.yaml text; every stage reads its settings from it, as under `dvc repro`.
         task_params: task -> the params keys it receives (crypson.kfp.project.task_params: dvc.yaml's lists).
         image: the container image every task runs in.
+        retry_backoff_s: the wait before a failed training task's first retry (doubling after); kfp.local
+            runs pass seconds, a cluster waits minutes for a node to come back.
+        presets: name -> partial params (crypson.kfp.project.load_presets: presets/*.yaml), what the run
+            parameter `preset` may name.
     """
     c = stages.build(image)
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Crypson: cGAN + VAE + latent classifier for keyed "
-                  "latent-space text encryption; trains, evaluates, attacks and promotes the models.")
-    def crypson(params: str = params, git_commit: str = "", data_repo_url: str = "", data_rev: str = "",
-                dvc_remote: str = "", dvc_remote_url: str = ""):
+                  "latent-space text encryption; trains, evaluates, attacks and promotes the models.",
+                  pipeline_config=WORKSPACE)
+    def crypson(params: str = params, preset: str = "", data_source: str = "", data_split: str = "",
+                cgan_epochs: int = 0, vae_epochs: int = 0, classifier_epochs: int = 0, cipher_scheme: str = "",
+                git_commit: str = "", data_repo_url: str = "", data_rev: str = "", dvc_remote: str = "",
+                dvc_remote_url: str = ""):
+        def in_image(task: dsl.PipelineTask) -> dsl.PipelineTask:
+            """The image's reference in the task's environment: MLflow runs and versions record it."""
+            return task.set_env_variable(IMAGE_ENV, image)
+
+        def step(task: dsl.PipelineTask, kind: str) -> dsl.PipelineTask:
+            return in_image(limited(task, kind))
+
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        sections = limited(c.split_params(params=params, keys=task_params), "light").outputs
+        # The typed run parameters ("" and 0 keep params' value) go on top of params and the preset.
+        # The presets as JSON text: a KFP struct constant cannot hold their nulls.
+        sections = step(c.split_params(params=params, keys=task_params, presets=json.dumps(presets or {}),
+                                       preset=preset, data_source=data_source, data_split=data_split,
+                                       cgan_epochs=cgan_epochs, vae_epochs=vae_epochs,
+                                       classifier_epochs=classifier_epochs, cipher_scheme=cipher_scheme),
+                        "light").outputs
 
         def logged(stage: str) -> dict:
             """The inputs of a stage that logs to MLflow: its params, the KFP run id, the code's commit."""
@@ -125,28 +162,35 @@ def build_pipeline(params: str, task_params: dict[str, list[str]], image: str = 
 
         ingest = c.ingest(params=sections["ingest"], data_repo_url=data_repo_url, data_rev=data_rev,
                           dvc_remote=dvc_remote, dvc_remote_url=dvc_remote_url)
-        limited(with_mlflow_secret(with_requests(ingest, DATA_REQUESTS)), "data")  # S3 credentials for DVC
-        prepare = limited(with_requests(c.prepare(params=sections["prepare"], raw=ingest.outputs["raw"]),
-                                        DATA_REQUESTS), "data")
+        step(with_mlflow_secret(with_requests(ingest, DATA_REQUESTS)), "data")  # S3 credentials for DVC
+        prepare = step(with_requests(c.prepare(params=sections["prepare"], raw=ingest.outputs["raw"]),
+                                     DATA_REQUESTS), "data")
         prepared = prepare.outputs["prepared"]
-        validate = limited(with_requests(c.validate(params=sections["validate"], prepared=prepared), DATA_REQUESTS),
-                           "data")
+        validate = step(with_requests(c.validate(params=sections["validate"], prepared=prepared), DATA_REQUESTS),
+                        "data")
 
-        cgan = training(c.train_cgan(**logged("train_cgan"), prepared=prepared).after(validate))
-        vae = training(c.train_vae(**logged("train_vae"), prepared=prepared).after(validate))
+        workspace = dsl.WORKSPACE_PATH_PLACEHOLDER  # the training checkpoints' durable folder
+
+        def training_task(task: dsl.PipelineTask) -> dsl.PipelineTask:
+            return in_image(training(task, retry_backoff_s))
+
+        cgan = training_task(c.train_cgan(**logged("train_cgan"), workspace=workspace, prepared=prepared)
+                             .after(validate))
+        vae = training_task(c.train_vae(**logged("train_vae"), workspace=workspace, prepared=prepared).after(validate))
         models = {"cgan": cgan.outputs["cgan"], "vae": vae.outputs["vae"]}
-        classifier = training(c.train_classifier(**logged("train_classifier"), prepared=prepared, **models))
+        classifier = training_task(c.train_classifier(**logged("train_classifier"), workspace=workspace,
+                                                      prepared=prepared, **models))
         models["classifier"] = classifier.outputs["classifier"]
 
-        evaluate = tracked(limited(with_requests(c.evaluate(**logged("evaluate"), prepared=prepared, **models),
-                                                 SCORING_REQUESTS), "scoring"))
+        evaluate = tracked(step(with_requests(c.evaluate(**logged("evaluate"), prepared=prepared, **models),
+                                              SCORING_REQUESTS), "scoring"))
         evaluation = evaluate.outputs["Output"]
-        attack = tracked(limited(with_requests(c.attack(**logged("attack"), evaluation=evaluation,
-                                                        prepared=prepared, **models), SCORING_REQUESTS), "scoring"))
-        gate = limited(c.gate(params=sections["gate"], evaluation=evaluation, attacks=attack.outputs["Output"]),
-                       "light")
+        attack = tracked(step(with_requests(c.attack(**logged("attack"), evaluation=evaluation,
+                                                     prepared=prepared, **models), SCORING_REQUESTS), "scoring"))
+        gate = step(c.gate(params=sections["gate"], evaluation=evaluation, attacks=attack.outputs["Output"]),
+                    "light")
         with dsl.If(gate.output == True, name="gates-pass"):  # noqa: E712 - a KFP condition, not a Python test
-            tracked(limited(c.promote(**logged("promote"), evaluation=evaluation, attacks=attack.outputs["Output"],
-                                      prepared=prepared, **models), "light"))
+            tracked(step(c.promote(**logged("promote"), evaluation=evaluation, attacks=attack.outputs["Output"],
+                                   prepared=prepared, **models), "light"))
 
     return crypson

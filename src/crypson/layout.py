@@ -18,9 +18,15 @@ REGISTRATION_FILE = "registration.json"
 
 @dataclass(frozen=True)
 class Layout:
-    """Paths of every stage output under one root (the repo for `dvc repro`, a work dir elsewhere)."""
+    """Paths of every stage output under one root (the repo for `dvc repro`, a work dir elsewhere).
+
+    Training checkpoints live under `root/checkpoints` unless `checkpoints` names another folder: on
+    Kubeflow the task's work dir dies with its pod, so the checkpoints go to the run's workspace volume,
+    where a retried task finds them (crypson.kfp.runtime).
+    """
 
     root: Path = Path(".")
+    checkpoints: Path | None = None
 
     @property
     def raw(self) -> Path:
@@ -59,7 +65,7 @@ class Layout:
         return {kind: json.loads(self.registration(kind).read_text()) for kind in MODEL_KINDS}
 
     def checkpoint(self, name: str) -> Path:
-        return self.root / "checkpoints" / f"{name}.pt"
+        return (self.checkpoints or self.root / "checkpoints") / f"{name}.pt"
 
     def metrics(self, name: str) -> Path:
         return self.root / "metrics" / f"{name}.json"

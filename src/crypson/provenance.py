@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -22,13 +23,52 @@ def git(*args: str, cwd: Path | None = None) -> str:
         return ""
 
 
+# Set in the component image at build time (docker/Dockerfile, build argument GIT_COMMIT): the commit of the
+# code the image holds, which is the code that runs, whatever checkout submitted the run.
+BUILD_COMMIT_ENV = "CRYPSON_BUILD_COMMIT"
+# Set on every Kubeflow task at compile time (pipelines/crypson_pipeline.py): the image reference it runs in,
+# `REPOSITORY:TAG@sha256:DIGEST` when submitted by digest.
+IMAGE_ENV = "CRYPSON_IMAGE"
+# The submitter's commit, passed by a Kubeflow run's `git_commit` argument (crypson.kfp.runtime).
+SUBMITTED_COMMIT_ENV = "CRYPSON_GIT_COMMIT"
+
+
 def git_commit(cwd: Path | None = None) -> str:
-    """HEAD, with '-dirty' when tracked files differ; CRYPSON_GIT_COMMIT wins (containers have no .git)."""
-    if os.environ.get("CRYPSON_GIT_COMMIT"):
-        return os.environ["CRYPSON_GIT_COMMIT"]
+    """The commit of the code that runs: the image's build commit in a container, else the submitter's
+    (CRYPSON_GIT_COMMIT: a container has no .git), else HEAD with '-dirty' when tracked files differ."""
+    for variable in (BUILD_COMMIT_ENV, SUBMITTED_COMMIT_ENV):
+        if os.environ.get(variable):
+            return os.environ[variable]
     head = git("rev-parse", "HEAD", cwd=cwd) or "unknown"
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock", cwd=cwd)
     return f"{head}-dirty" if dirty else head
+
+
+def image_digest(reference: str) -> str:
+    """The `sha256:...` digest of an image reference (`name[:tag]@sha256:hex`), or "" for one by tag only."""
+    _, at, digest = reference.rpartition("@")
+    return digest if at and digest.startswith("sha256:") else ""
+
+
+def image_tags(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What identifies the running code inside a component image, as MLflow tags (none outside one).
+
+    `crypson.image` and `crypson.image_digest` name the image (a digest pins its content; a tag can be
+    pushed over); `crypson.image_commit` is the commit baked into it at build time; when the submitter's
+    checkout was another commit, `crypson.submitted_commit` says which, since the image's code is what ran.
+    """
+    environ = os.environ if environ is None else environ
+    tags: dict[str, str] = {}
+    if environ.get(IMAGE_ENV):
+        tags["crypson.image"] = environ[IMAGE_ENV]
+        if image_digest(environ[IMAGE_ENV]):
+            tags["crypson.image_digest"] = image_digest(environ[IMAGE_ENV])
+    built, submitted = environ.get(BUILD_COMMIT_ENV, ""), environ.get(SUBMITTED_COMMIT_ENV, "")
+    if built:
+        tags["crypson.image_commit"] = built
+        if submitted and submitted != built:
+            tags["crypson.submitted_commit"] = submitted
+    return tags
 
 
 def execution_key(params: bytes) -> str:

@@ -6,6 +6,7 @@ requests, so MLflow is the embedded SQLite store of the temporary folder. Real p
 """
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -18,13 +19,43 @@ pytest.importorskip("kfp")
 pytestmark = pytest.mark.e2e
 
 
+# Loaded by every Python process of the run (PYTHONPATH): in the train_vae task's first attempt it kills the
+# process (SIGKILL, as a reclaimed node would) in the second batch of the second epoch, after the first
+# epoch's checkpoint and before the second's. kfp.local then retries the task, as Argo would on a cluster.
+KILLER = """
+import os, signal, sys
+if "train_vae" in sys.argv and not os.path.exists({marker!r}):
+    from crypson.train import vae
+
+    step, calls = vae.VaeTask.train_step, []
+
+    def killed_mid_epoch_two(self, batch):
+        calls.append(1)
+        if len(calls) == {kill_at}:
+            open({marker!r}, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return step(self, batch)
+
+    vae.VaeTask.train_step = killed_mid_epoch_two
+"""
+TINY_VAE_STEPS_PER_EPOCH = 4  # presets/tiny.yaml vae.max_train_batches
+BUILD_COMMIT = "c0ffee" * 6 + "c0ff"
+IMAGE = f"registry.example/crypson:{BUILD_COMMIT}@sha256:{'ab' * 32}"
+
+
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("kfp-local")
     for item in ("components", "pipelines", "presets", "params.yaml", "dvc.yaml"):  # dvc.yaml: each task's params
         source = REPO / item
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, folder / item)
-    done = run(["crypson", "pipeline", "run", "--local", "--preset", "tiny", "--pipeline-root", "outputs"], folder)
+    hooks = tmp_path_factory.mktemp("kill-hook")
+    (hooks / "sitecustomize.py").write_text(KILLER.format(marker=str(folder / "train_vae.killed"),
+                                                          kill_at=TINY_VAE_STEPS_PER_EPOCH + 2))
+    # As inside an image that `make image` built and `crypson pipeline submit` referenced by digest.
+    image = {"CRYPSON_IMAGE": IMAGE, "CRYPSON_BUILD_COMMIT": BUILD_COMMIT}
+    done = run(["crypson", "pipeline", "run", "--local", "--preset", "tiny", "--pipeline-root", "outputs"], folder,
+               env={"PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])), **image})
     return folder, done
 
 
@@ -54,6 +85,10 @@ def test_trains_registers_and_promotes_the_three_models(local_run):
         assert list(model["versions"]) == ["1"], name
         assert model["aliases"] == {"candidate": "1", "champion": "1"}, name  # promote ran: the dsl.If branch
         run_ids.add(model["versions"]["1"]["kfp_run_id"])
+        tags = model["versions"]["1"]
+        # The code that ran: the image's reference and digest, and the commit baked into it.
+        assert (tags["crypson.image"], tags["crypson.image_digest"]) == (IMAGE, f"sha256:{'ab' * 32}"), name
+        assert tags["git_commit"] == tags["crypson.image_commit"] == BUILD_COMMIT, name
     (kfp_run_id,) = run_ids  # one KFP run id on every version, the link between the two UIs
     assert kfp_run_id
     stage_runs = [tags for tags in state["runs"] if "crypson.stage" in tags]
@@ -88,3 +123,60 @@ def test_attack_task_gets_the_evaluation_and_returns_the_security_report(local_r
     assert f"{accuracy:.3f}" in text
     figures = list((reports / "figures").iterdir())
     assert figures and all(p.suffix == ".png" for p in figures)
+
+
+def vae_runs(folder: Path) -> list[dict]:
+    """Every train_vae MLflow run of the folder's store: status, tags and the val_loss steps it logged."""
+    script = (
+        "import json, mlflow; c = mlflow.MlflowClient('sqlite:///mlflow.db'); print(json.dumps([{"
+        "'id': r.info.run_id, 'status': r.info.status, 'tags': r.data.tags, 'steps': [m.step for m in "
+        "c.get_metric_history(r.info.run_id, 'val_loss')]} for r in mlflow.search_runs(search_all_experiments=True, "
+        "filter_string=\"tags.`crypson.stage` = 'train_vae'\", output_format='list')]))"
+    )
+    return json.loads(run([sys.executable, "-c", script], folder).stdout.strip().splitlines()[-1])
+
+
+def tensors(path: Path) -> dict:
+    """Every tensor of a model file, by its place in the file."""
+    import torch
+
+    def walk(value, prefix=""):
+        if isinstance(value, torch.Tensor):
+            yield prefix, value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                yield from walk(item, f"{prefix}/{key}")
+
+    return dict(walk(torch.load(path, map_location="cpu", weights_only=True)))
+
+
+def test_a_killed_training_task_resumes_from_the_workspace_checkpoint_to_the_same_weights(local_run, tmp_path):
+    folder, done = local_run
+    assert (folder / "train_vae.killed").is_file()  # the first attempt was killed in epoch 2; kfp.local retried
+    (vae_run,) = vae_runs(folder)  # the retry went on in the killed attempt's MLflow run
+    assert vae_run["status"] == "FINISHED"
+    assert vae_run["tags"]["crypson.resumed_at_epoch"] == "2"  # from epoch 1's checkpoint, not from the start
+    assert vae_run["steps"] == [0, 1]  # each epoch's metrics once
+    (model,) = (folder / "outputs").glob("crypson-*/train-vae/vae")
+    assert json.loads((model / "registration.json").read_text())["run_id"] == vae_run["id"]
+
+    # The same task, uninterrupted, on the same data and settings, in a store of its own.
+    (split,) = (folder / "outputs").glob("crypson-*/split-params/executor_output.json")
+    params = json.loads(json.loads(split.read_text())["parameterValues"]["train_vae"])
+    params["tracking"] = {**params.get("tracking", {}), "tracking_uri": f"sqlite:///{tmp_path}/reference.db",
+                          "artifact_dir": str(tmp_path / "reference-artifacts")}
+    (prepared,) = (folder / "outputs").glob("crypson-*/prepare/prepared")
+    script = ("import sys; from crypson.kfp import runtime; runtime.run_stage('train_vae', sys.argv[1], "
+              "{'prepared': sys.argv[2]}, {'vae': sys.argv[3]}, run_id='reference', workspace=sys.argv[4])")
+    run([sys.executable, "-c", script, json.dumps(params), str(prepared), str(tmp_path / "vae"),
+         str(tmp_path / "workspace")], tmp_path)
+    resumed, uninterrupted = tensors(model / "vae.pt"), tensors(tmp_path / "vae" / "vae.pt")
+    assert resumed.keys() == uninterrupted.keys() and resumed
+    for name, value in resumed.items():
+        assert torch_equal(value, uninterrupted[name]), name
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a, b))

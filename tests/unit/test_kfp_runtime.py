@@ -179,3 +179,12 @@ def test_local_run_makes_embedded_store_paths_absolute(tmp_path):
     server = parse_config({"tracking": {"tracking_uri": "http://mlflow:5000", "artifact_dir": "/srv/artifacts"}})
     assert local_tracking_overrides(server, tmp_path)["tracking"] == {"tracking_uri": "http://mlflow:5000",
                                                                       "artifact_dir": "/srv/artifacts"}
+
+
+def test_checkpoints_go_to_the_workspace_and_a_relative_one_is_refused(tmp_path):
+    assert runtime.checkpoint_dir(str(tmp_path)) == tmp_path / "checkpoints"
+    assert Layout(tmp_path / "work", runtime.checkpoint_dir(str(tmp_path))).checkpoint("vae") == (
+        tmp_path / "checkpoints" / "vae.pt")
+    assert Layout(tmp_path / "work").checkpoint("vae") == tmp_path / "work" / "checkpoints" / "vae.pt"
+    with pytest.raises(ValueError, match="'kfp-workspace' is not an absolute path"):
+        runtime.checkpoint_dir("kfp-workspace")

@@ -88,20 +88,23 @@ def leaves(mapping: dict, prefix: str = "") -> dict:
     return flat
 
 
-def split_outputs(params: str, keys: dict) -> dict[str, str]:
-    """What the split_params task outputs for `params`: its component's own function, by output name."""
-    return dict(zip(stages.split_params.__annotations__["return"]._fields, stages.split_params(params, keys)))
+def split_outputs(inputs: dict) -> dict[str, str]:
+    """What the split_params task outputs for its resolved inputs: its component's own function, by output name.
+    (A protobuf Value holds every number as a float: the integer inputs are turned back into ints.)"""
+    annotations = stages.split_params.__annotations__
+    arguments = {name: int(value) if annotations[name] is int else value for name, value in inputs.items()}
+    return dict(zip(annotations["return"]._fields, stages.split_params(**arguments)))
 
 
-def cache_key_material(text: str) -> dict[str, dict]:
+def cache_key_material(text: str, arguments: dict | None = None) -> dict[str, dict]:
     """Per container task, what KFP's cache key is made of, resolved from the compiled spec.
 
     KFP's driver hashes a task's input parameter values as resolved for the run, its input artifacts'
     names, its outputs' names and types, and its container: image, command and arguments, which hold the
     component's source (kubeflow/pipelines backend/src/v2/cacheutils/cache.go, GenerateCacheKey). Here
     parameter values resolve as the driver resolves them: constants (the run-id placeholder stays itself:
-    it changes every run), the pipeline's defaults, and the split_params task's outputs, computed by its
-    component's function. Any other task output, and every
+    it changes every run), the pipeline's defaults or `arguments`, and the split_params task's outputs,
+    computed by its component's function. Any other task output, and every
     input artifact, stands for its producer's own key: an artifact is the same one only when its producer
     was a cache hit, so a changed producer changes every consumer.
     """
@@ -110,8 +113,8 @@ def cache_key_material(text: str) -> dict[str, dict]:
     deployment = strict(pipeline_document["deploymentSpec"], pipeline_spec_pb2.PipelineDeploymentConfig())
     defaults = {name: json_format.MessageToDict(definition.default_value)
                 for name, definition in spec.root.input_definitions.parameters.items()}
-    split_keys = json_format.MessageToDict(spec.root.dag.tasks[SPLIT].inputs.parameters["keys"].runtime_value.constant)
-    split = split_outputs(defaults["params"], split_keys)
+    defaults.update(arguments or {})  # a run's arguments, as a submission passes them
+    split: dict[str, str] = {}
     materials: dict[str, dict] = {}
 
     def resolve_dag(dag: pipeline_spec_pb2.DagSpec, dag_inputs: dict) -> None:
@@ -140,6 +143,8 @@ def cache_key_material(text: str) -> dict[str, dict]:
                         output = spec_value.task_output_artifact
                         inputs[artifact] = {"artifact": output.output_artifact_key,
                                             "of": digest(materials[output.producer_task])}
+                if name == SPLIT:  # the first task: the others read its outputs
+                    split.update(split_outputs(inputs))
                 component = spec.components[task.component_ref.name]
                 if component.HasField("dag"):  # the dsl.If branch: its tasks see these as their inputs
                     resolve_dag(component.dag, inputs)
@@ -314,6 +319,41 @@ def test_a_params_change_moves_only_the_cache_keys_of_the_tasks_that_read_it(com
     assert {task for task in before if before[task] == after[task]} == unchanged
 
 
+def test_typed_run_parameters_are_the_ui_knobs_laid_over_params(parsed, committed):
+    spec, _, _ = parsed
+    definitions = spec.root.input_definitions.parameters
+    integer, string = (pipeline_spec_pb2.ParameterType.ParameterTypeEnum.Value(name)
+                       for name in ("NUMBER_INTEGER", "STRING"))
+    for name in ("cgan_epochs", "vae_epochs", "classifier_epochs"):
+        assert definitions[name].parameter_type == integer and definitions[name].default_value.number_value == 0
+    for name in ("preset", "data_source", "data_split", "cipher_scheme"):
+        assert definitions[name].parameter_type == string and definitions[name].default_value.string_value == ""
+    presets = json.loads(all_tasks(spec)[SPLIT].inputs.parameters["presets"].runtime_value.constant.string_value)
+    assert presets == {path.stem: yaml.safe_load(path.read_text()) for path in (REPO / "presets").glob("*.yaml")}
+
+    tiny = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
+    materials = cache_key_material(committed, {"preset": "tiny", "vae_epochs": 7, "cipher_scheme": "report"})
+    vae = json.loads(materials["train-vae"]["inputs"]["params"])["vae"]
+    assert vae["epochs"] == 7 and vae["channels"] == tiny["vae"]["channels"]  # the preset, then the typed knob
+    assert json.loads(materials["attack"]["inputs"]["params"])["cipher"]["scheme"] == "report"
+    assert json.loads(materials["train-cgan"]["inputs"]["params"])["cgan"]["epochs"] == tiny["cgan"]["epochs"]
+    # As with params: a typed knob moves only the keys of the tasks that read its setting.
+    before, after = cache_keys(committed), {task: digest(material) for task, material in cache_key_material(
+        committed, {"vae_epochs": 7}).items()}
+    assert {task for task in before if before[task] == after[task]} == {"ingest", "prepare", "validate",
+                                                                        "train-cgan"}
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"preset": "huge"}, "preset 'huge' is not one of the presets in the spec: quality, report, tiny"),
+    ({"vae_epochs": -1}, "run parameter vae_epochs = -1"),
+    ({"data_source": "mnist"}, "mnist"),
+])
+def test_a_bad_run_parameter_fails_the_split_task_by_name(committed, arguments, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cache_key_material(committed, arguments)
+
+
 def test_cache_key_material_sees_an_upstream_change_through_artifacts(committed):
     materials = cache_key_material(committed)
     vae = materials["train-classifier"]["inputs"]["vae"]
@@ -336,6 +376,22 @@ def test_training_tasks_retry_with_exponential_backoff(parsed):
         assert policy.backoff_max_duration.seconds == attempts + waits, task
     for task in set(tasks) - set(TRAINING):
         assert not tasks[task].HasField("retry_policy"), task
+
+
+def test_training_tasks_keep_their_checkpoints_in_the_runs_workspace(committed, parsed):
+    spec, _, _ = parsed
+    _, platform = yaml.safe_load_all(committed)
+    config = strict(platform["platforms"]["kubernetes"]["pipelineConfig"], pipeline_spec_pb2.PipelineConfig())
+    assert config.workspace.size == "10Gi"
+    # The cGAN and VAE tasks run at once, maybe on two GPU nodes: both mount the one volume.
+    assert list(config.workspace.kubernetes.pvc_spec_patch["accessModes"]) == ["ReadWriteMany"]
+    tasks = all_tasks(spec)
+    for task in tasks:
+        workspace = tasks[task].inputs.parameters.get("workspace")
+        if task in TRAINING:
+            assert workspace.runtime_value.constant.string_value == "{{$.workspace_path}}", task
+        else:
+            assert workspace is None, task  # only training keeps state across attempts
 
 
 def test_every_task_has_a_time_limit(parsed):

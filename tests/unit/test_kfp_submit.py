@@ -16,7 +16,7 @@ import kfp_server_api  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from crypson.kfp.cli import app  # noqa: E402
-from crypson.kfp.submit import submit, version_name  # noqa: E402
+from crypson.kfp.submit import check_submission, image_commit_tag, submit, version_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "pipelines" / "crypson_pipeline.yaml"
@@ -144,10 +144,16 @@ def test_cli_submits_params_commit_and_the_resolved_data_revision(server):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     if not head:
         pytest.skip("not a git checkout")
-    result = CliRunner().invoke(app, ["submit", "--host", "http://kfp.test", "--repo", str(REPO),
+    image = f"registry.example:5000/crypson/crypson:{head}@sha256:{'ab' * 32}"
+    result = CliRunner().invoke(app, ["submit", "--host", "http://kfp.test", "--repo", str(REPO), "--image", image,
                                       "--preset", "tiny", "--data-repo", "https://git.example/crypson.git",
-                                      "--dvc-remote", "store"])
+                                      "--dvc-remote", "store", "--allow-dirty"])  # a developer's tree may be dirty
     assert result.exit_code == 0, result.output
+    _, package, _ = server.only("POST", "/pipelines/upload_version").files["uploadfile"]
+    spec, _ = yaml.safe_load_all(package)
+    executors = spec["deploymentSpec"]["executors"].values()
+    assert {executor["container"]["image"] for executor in executors} == {image}  # compiled for the image
+    assert all({"name": "CRYPSON_IMAGE", "value": image} in executor["container"]["env"] for executor in executors)
     arguments = server.only("POST", "/runs").body["runtime_config"]["parameters"]
     assert arguments["data_rev"] == head and arguments["data_repo_url"] == "https://git.example/crypson.git"
     assert arguments["dvc_remote"] == "store" and arguments["git_commit"].startswith(head)
@@ -157,8 +163,55 @@ def test_cli_submits_params_commit_and_the_resolved_data_revision(server):
 
 
 def test_cli_refuses_an_unknown_data_revision_without_contacting_the_server(server):
-    result = CliRunner().invoke(app, ["submit", "--host", "http://kfp.test", "--repo", str(REPO),
+    result = CliRunner().invoke(app, ["submit", "--host", "http://kfp.test", "--repo", str(REPO), "--allow-dirty",
+                                      "--allow-image-mismatch",
                                       "--data-repo", "https://git.example/crypson.git", "--data-rev", "no-such-rev"])
     assert result.exit_code == 2
     assert "'no-such-rev' is not a commit" in result.output
+    assert server.requests == []
+
+
+def git_repo(folder: Path) -> str:
+    """A one-commit repository with a tracked file; returns its HEAD."""
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=folder, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (folder / "params.yaml").write_text("seed: 1\n")
+    git("add", "params.yaml")
+    git("commit", "-qm", "one")
+    return git("rev-parse", "HEAD")
+
+
+def test_a_submission_needs_a_clean_tree_and_heads_image_by_digest(tmp_path):
+    head = git_repo(tmp_path)
+    digest = f"@sha256:{'0f' * 32}"
+    assert check_submission(tmp_path, f"ghcr.io/crypson/crypson:{head}{digest}") == head
+    assert check_submission(tmp_path, f"localhost:5000/crypson:{head[:12]}{digest}") == head  # a port is no tag
+    with pytest.raises(ValueError, match="is not referenced by digest: pass --image REPOSITORY:" + head[:12]):
+        check_submission(tmp_path, f"ghcr.io/crypson/crypson:{head}")
+    with pytest.raises(ValueError, match=r"tagged '0\.1\.0', not HEAD's commit " + head):
+        check_submission(tmp_path, f"ghcr.io/crypson/crypson:0.1.0{digest}")
+    with pytest.raises(ValueError, match="tagged 'nothing'"):
+        check_submission(tmp_path, f"localhost:5000/crypson{digest}")
+    assert check_submission(tmp_path, "ghcr.io/crypson/crypson:0.1.0", allow_image_mismatch=True) == head
+
+    (tmp_path / "params.yaml").write_text("seed: 2\n")
+    (tmp_path / "untracked.txt").write_text("not part of the code\n")
+    with pytest.raises(ValueError, match=r"uncommitted changes to tracked files \(params.yaml\).*--allow-dirty"):
+        check_submission(tmp_path, f"ghcr.io/crypson/crypson:{head}{digest}")
+    assert check_submission(tmp_path, f"ghcr.io/crypson/crypson:{head}{digest}", allow_dirty=True) == head
+
+
+def test_the_image_tag_is_read_past_a_registry_port_and_before_the_digest():
+    assert image_commit_tag("localhost:5000/a/b:abc@sha256:ff") == "abc"
+    assert image_commit_tag("localhost:5000/a/b@sha256:ff") == ""
+    assert image_commit_tag("b:1.0") == "1.0"
+
+
+def test_the_cli_refuses_the_default_image_before_contacting_the_server(server):
+    result = CliRunner().invoke(app, ["submit", "--host", "http://kfp.test", "--repo", str(REPO), "--allow-dirty"])
+    assert result.exit_code == 2
+    assert "'ghcr.io/crypson/crypson:0.1.0' is not referenced by digest" in result.output
     assert server.requests == []

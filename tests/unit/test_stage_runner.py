@@ -26,7 +26,7 @@ def tiny(tmp_path, **vae) -> tuple:
 def prepared(tmp_path, monkeypatch):
     """A folder with ingested, prepared and validated glyph data; the runner's environment pinned."""
     monkeypatch.chdir(tmp_path)
-    for name in ("MLFLOW_TRACKING_URI", "CRYPSON_EXECUTION_ID", "KFP_RUN_ID"):
+    for name in ("MLFLOW_TRACKING_URI", "CRYPSON_EXECUTION_ID", "KFP_RUN_ID", "CRYPSON_IMAGE", "CRYPSON_BUILD_COMMIT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CRYPSON_GIT_COMMIT", "0123abc")
     config, params = tiny(tmp_path)
@@ -82,6 +82,23 @@ def test_stage_runs_of_one_params_state_share_a_parent_and_carry_provenance(prep
     assert parent.info.run_name == f"0123abc glyphs/balanced params {digest}"
     assert parent.data.tags["mlflow.source.git.commit"] == "0123abc"  # the UI's Version column
     assert parent.data.tags["mlflow.source.type"] == "LOCAL"
+
+
+def test_in_an_image_the_runs_record_its_reference_digest_and_baked_commit(prepared, monkeypatch):
+    config, params = tiny(prepared)
+    image = f"ghcr.io/crypson/crypson:{'c0ffee' * 2}@sha256:{'ab' * 32}"
+    monkeypatch.setenv("CRYPSON_IMAGE", image)
+    monkeypatch.setenv("CRYPSON_BUILD_COMMIT", "c0ffee" * 2)  # docker/Dockerfile's GIT_COMMIT
+    monkeypatch.setenv("CRYPSON_GIT_COMMIT", "0123abc")  # the submitter's checkout: not what ran
+    tags = runner.tracking_context(config, params, prepared).tags
+    assert tags["git_commit"] == tags["crypson.image_commit"] == "c0ffee" * 2
+    assert tags["crypson.submitted_commit"] == "0123abc"
+    assert tags["crypson.image"] == image and tags["crypson.image_digest"] == "sha256:" + "ab" * 32
+    monkeypatch.delenv("CRYPSON_BUILD_COMMIT")
+    monkeypatch.setenv("CRYPSON_IMAGE", "ghcr.io/crypson/crypson:0.1.0")  # by tag: no digest to record
+    tags = runner.tracking_context(config, params, prepared).tags
+    assert tags["git_commit"] == "0123abc" and "crypson.image_digest" not in tags
+    assert "crypson.image_commit" not in tags and "crypson.submitted_commit" not in tags
 
 
 def test_a_failing_stage_ends_its_execution_failed_and_a_rerun_reopens_it(prepared):

@@ -100,9 +100,10 @@ def run_command(
 @app.command("submit")
 def submit_command(
     host: Annotated[str, typer.Option("--host", help="KFP API endpoint, e.g. http://localhost:8080")],
+    image: Annotated[str, typer.Option("--image", help="the component image, by digest: REPOSITORY:COMMIT@sha256:"
+                                                        "DIGEST (`make image-push` prints it); the spec is compiled "
+                                                        "for it")] = "",
     repo: RepoOption = Path("."),
-    package: Annotated[Path, typer.Option("--package", help="compiled spec")] = Path(
-        "pipelines/crypson_pipeline.yaml"),
     params: ParamsOption = Path("params.yaml"),
     preset: PresetOption = [],  # noqa: B006
     experiment: Annotated[str, typer.Option("--experiment", help="KFP experiment")] = "crypson",
@@ -115,14 +116,26 @@ def submit_command(
     dvc_remote: Annotated[str, typer.Option("--dvc-remote", help="DVC remote name (default: the repo's)")] = "",
     dvc_remote_url: Annotated[str, typer.Option("--dvc-remote-url", help="override the remote's URL")] = "",
     namespace: Annotated[str, typer.Option("--namespace", help="multi-user KFP: your namespace")] = "",
+    allow_dirty: Annotated[bool, typer.Option("--allow-dirty", help="submit with uncommitted changes to tracked "
+                                                                    "files (the image runs its own code)")] = False,
+    allow_image_mismatch: Annotated[bool, typer.Option(
+        "--allow-image-mismatch", help="submit an image that is not HEAD's by digest (e.g. the spec's default)")] = False,
 ) -> None:
-    """Upload the compiled spec as a new pipeline version and start a run of it."""
-    from crypson.kfp.project import params_text
-    from crypson.kfp.submit import submit, version_name
+    """Compile the spec for `--image`, upload it as a new pipeline version and start a run of it.
+
+    Refused, before any request, when tracked files have uncommitted changes or the image is not HEAD's
+    commit referenced by digest (crypson.kfp.submit.check_submission), unless told otherwise.
+    """
+    import tempfile
+
+    from crypson.kfp.project import compile_spec, load_pipeline_module, params_text, resolve_image
+    from crypson.kfp.submit import check_submission, submit, version_name
 
     try:
         import kfp
 
+        image = resolve_image(image or None, load_pipeline_module(repo))
+        check_submission(repo, image, allow_dirty=allow_dirty, allow_image_mismatch=allow_image_mismatch)
         text = params_text(repo / params, _preset_paths(repo, preset))
         commit = git_commit(cwd=repo)
         arguments = {"params": text, "git_commit": commit}
@@ -135,9 +148,12 @@ def submit_command(
                              dvc_remote_url=dvc_remote_url)
         version = version_name(pipeline_name, commit)
         client = kfp.Client(host=host, namespace=namespace or "kubeflow")
-        done = submit(client, repo / package, pipeline_name=pipeline_name, version=version, experiment=experiment,
-                      run_name=run_name or version, arguments=arguments, namespace=namespace or None)
+        with tempfile.TemporaryDirectory(prefix="crypson-submit-") as work:
+            package = Path(work) / "crypson_pipeline.yaml"
+            package.write_text(compile_spec(repo, repo / params, image))
+            done = submit(client, package, pipeline_name=pipeline_name, version=version, experiment=experiment,
+                          run_name=run_name or version, arguments=arguments, namespace=namespace or None)
     except EXIT_ERRORS as error:
         raise _fail("submit", error) from None
     typer.echo(f"pipeline {done.pipeline_id} version {done.version_id}: run {done.run_id} "
-               f"in experiment {done.experiment_id}")
+               f"in experiment {done.experiment_id} (image {image})")

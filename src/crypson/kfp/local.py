@@ -1,6 +1,7 @@
 """Run the Kubeflow pipeline on this machine with kfp.local: same spec, same components, no cluster.
 
-kfp 2.17's local runner executes the whole DAG, `dsl.If` and the training tasks' retries included;
+kfp 2.17's local runner executes the whole DAG, `dsl.If`, the training tasks' retries (after a second,
+not minutes) and the run's workspace (a temporary folder, deleted when the run ends) included;
 it ignores what only a cluster can honour (the kfp-kubernetes node selector, toleration, Secret and
 time limits, the accelerator and resource requests) and warns about the requests. So the local run
 is the committed pipeline minus its placement: MLflow settings come from this process's environment
@@ -16,7 +17,10 @@ import warnings
 from pathlib import Path
 
 from crypson.config import Config
-from crypson.kfp.project import DVC_FILE, load_pipeline_module, resolve_image, task_params
+from crypson.kfp.project import DVC_FILE, load_pipeline_module, load_presets, resolve_image, task_params
+
+
+LOCAL_RETRY_BACKOFF_S = 1
 
 
 def local_tracking_overrides(config: Config, base: Path) -> dict:
@@ -48,7 +52,9 @@ def run_local(repo: Path, params: str, pipeline_root: Path, arguments: dict[str,
     from kfp import local
 
     module = load_pipeline_module(repo)
-    pipeline = module.build_pipeline(params, task_params(Path(repo) / DVC_FILE), resolve_image(None, module))
+    # A failed training task retries after seconds here, not the minutes a cluster waits for a node.
+    pipeline = module.build_pipeline(params, task_params(Path(repo) / DVC_FILE), resolve_image(None, module),
+                                     retry_backoff_s=LOCAL_RETRY_BACKOFF_S, presets=load_presets(repo))
     # Tasks start `python3` from PATH: make it this environment's, where crypson is installed.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     # use_venv=False on purpose: the tasks run in this environment, not in the image's.

@@ -63,6 +63,11 @@ def params_text(params: Path, presets: list[Path] = (), overrides: dict | None =
     return json.dumps(raw, separators=(",", ":"))
 
 
+def load_presets(repo: Path) -> dict[str, dict]:
+    """name -> partial params of each presets/NAME.yaml: what the pipeline's `preset` run parameter may name."""
+    return {path.stem: yaml.safe_load(path.read_text()) or {} for path in sorted((Path(repo) / "presets").glob("*.yaml"))}
+
+
 def task_params(dvc_file: Path) -> dict[str, list[str]]:
     """The params keys each Kubeflow task receives: its dvc.yaml stage's `params:` list, one source for both.
 
@@ -92,7 +97,7 @@ def compile_spec(repo: Path, params: Path, image: str | None = None) -> str:
 
     module = load_pipeline_module(repo)
     pipeline = module.build_pipeline(params_text(params), task_params(Path(repo) / DVC_FILE),
-                                     resolve_image(image, module))
+                                     resolve_image(image, module), presets=load_presets(repo))
     with tempfile.TemporaryDirectory(prefix="crypson-compile-") as work:
         target = Path(work) / "pipeline.yaml"
         compiler.Compiler().compile(pipeline, str(target))

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from crypson.config import Config, parse_config
+from crypson.config import Config, deep_merge, parse_config
 from crypson.layout import REGISTRATION_FILE, Layout
 from crypson.stages.runner import DATA_STAGES, STAGES, configure_logging
 from crypson.stages.runner import run_stage as run_stage_in
@@ -105,6 +105,44 @@ def select_params(config: Config, keys: Sequence[str]) -> dict[str, Any]:
     return selected
 
 
+# The pipeline's typed run parameters, the knobs a user changes in the KFP UI's run form, and the params key
+# each one sets. "" or 0 (their defaults) keep the value of `params` (and of the `preset`).
+RUN_PARAMETERS = {"data_source": "data.source", "data_split": "data.split", "cgan_epochs": "cgan.epochs",
+                  "vae_epochs": "vae.epochs", "classifier_epochs": "classifier.epochs",
+                  "cipher_scheme": "cipher.scheme"}
+
+
+def overlay_run_parameters(params: str, presets: Mapping[str, Mapping[str, Any]], preset: str = "",
+                           values: Mapping[str, Any] | None = None) -> str:
+    """`params` with the named preset merged on top, then each typed run parameter that is set.
+
+    Args:
+        params: the pipeline's `params` argument (params.yaml as JSON or YAML text).
+        presets: name -> partial params, the repository's presets/*.yaml compiled into the spec.
+        preset: a name of `presets`, or "" for none.
+        values: run parameter (RUN_PARAMETERS) -> value; "" and 0 leave the setting as it is.
+    Returns:
+        The params text every task's settings are cut from (split_params validates it whole).
+    Raises:
+        ValueError: an unknown preset or run parameter, a negative epoch count (each named).
+    """
+    raw = yaml.safe_load(params) or {}
+    if preset:
+        if preset not in presets:
+            raise ValueError(f"preset {preset!r} is not one of the presets in the spec: {', '.join(sorted(presets))}")
+        raw = deep_merge(raw, dict(presets[preset]))
+    for name, value in (values or {}).items():
+        if name not in RUN_PARAMETERS:
+            raise ValueError(f"unknown run parameter {name!r}; known: {', '.join(RUN_PARAMETERS)}")
+        if value in ("", 0, None):
+            continue
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"run parameter {name} = {value}: an epoch count is positive (0 keeps params' value)")
+        section, key = RUN_PARAMETERS[name].split(".")
+        raw = deep_merge(raw, {section: {key: value}})
+    return json.dumps(raw, separators=(",", ":"))
+
+
 def split_params(params: str, keys: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
     """The pipeline's `params` cut into what each task reads: one JSON text per task of PARAMS_TASKS.
 
@@ -173,8 +211,23 @@ def task_environment(run_id: str, git_commit: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+CHECKPOINTS = "checkpoints"  # the folder of the training checkpoints in the run's workspace
+
+
+def checkpoint_dir(workspace: str) -> Path:
+    """Where the training tasks of a run keep their checkpoints: in the run's workspace, which outlives
+    a pod. A retried task (set_retry: a reclaimed spot node, an evicted pod) finds its checkpoint there
+    and resumes at the next epoch in the same MLflow run, as `dvc repro` does after an interruption;
+    a finished stage deletes its checkpoint. One file per model (`cgan.pt`, `vae.pt`, `classifier.pt`),
+    so the cGAN and VAE tasks, which run at the same time, never share one."""
+    if not Path(workspace).is_absolute():
+        raise ValueError(f"workspace {workspace!r} is not an absolute path (KFP passes its workspace mount)")
+    return Path(workspace) / CHECKPOINTS
+
+
 def run_stage(stage: str, params: str, inputs: Mapping[str, str], outputs: Mapping[str, str], *,
-              run_id: str = "", git_commit: str = "", results: Mapping[str, dict] | None = None) -> dict:
+              run_id: str = "", git_commit: str = "", results: Mapping[str, dict] | None = None,
+              workspace: str = "") -> dict:
     """Run one stage on artifacts.
 
     Args:
@@ -185,6 +238,9 @@ def run_stage(stage: str, params: str, inputs: Mapping[str, str], outputs: Mappi
         run_id: the KFP run id, for MLflow tags and grouping (empty for data stages).
         git_commit: the code's commit, recorded on MLflow runs (empty: ask git).
         results: earlier stages' result JSON by metrics name (`evaluate`, `attacks`), for attack and promote.
+        workspace: the run's workspace folder (KFP's workspace volume, shared by the run's tasks and kept
+            while the run lasts), where a training stage keeps its checkpoint (`checkpoint_dir`); "": in
+            the task's temporary folder, lost with the pod.
     Returns:
         The stage's result JSON (RESULTS), or {} for a stage without one.
     """
@@ -205,7 +261,8 @@ def run_stage(stage: str, params: str, inputs: Mapping[str, str], outputs: Mappi
             layout.metrics(name).parent.mkdir(parents=True, exist_ok=True)
             layout.metrics(name).write_text(json.dumps(values))
         with task_environment(run_id, git_commit):
-            run_stage_in(stage, config, layout.root, params.encode(), progress=False, track_data=False)
+            run_stage_in(stage, config, layout.root, params.encode(), progress=False, track_data=False,
+                         checkpoints=checkpoint_dir(workspace) if workspace else None)
         for name, path in outputs.items():
             copy_path(ARTIFACTS[name](layout), Path(path))
         result = RESULTS.get(stage)

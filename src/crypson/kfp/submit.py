@@ -2,17 +2,67 @@
 
 Every submission uploads the spec as a new, named version (commit + time), so the KFP UI keeps
 which spec each run used; the run then references that version, not an inline copy.
+
+What runs is the image's code, so a submission is checked first (`check_submission`): the working tree
+has no uncommitted changes to tracked files, and the image is HEAD's, referenced by digest
+(`REPOSITORY:COMMIT@sha256:DIGEST`, what `make image-push` prints): a tag can be pushed over, and KFP's
+cache keys on the image reference, so a reused tag would replay stale results for new code.
 """
 
 from __future__ import annotations
 
 import datetime
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 DESCRIPTION = "Crypson: trains, evaluates, attacks and promotes the cGAN, VAE and latent classifier."
+
+
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+MIN_COMMIT_TAG = 12  # the shortest commit prefix accepted as an image tag
+
+
+def image_commit_tag(image: str) -> str:
+    """The tag of an image reference (`host:port/name:tag@sha256:...` -> `tag`), or "" without one."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else ""
+
+
+def check_submission(repo: Path, image: str, *, allow_dirty: bool = False, allow_image_mismatch: bool = False) -> str:
+    """Refuse a submission whose code is not what the image runs; return HEAD's commit.
+
+    Raises:
+        ValueError: tracked files differ from HEAD (unless `allow_dirty`), or `image` is not referenced by
+            digest with HEAD's commit as its tag (unless `allow_image_mismatch`); the message names the files
+            or the reference and says how to fix it.
+    """
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ValueError(f"{Path(repo).resolve()} is not a git checkout (git {args[0]}: {done.stderr.strip()})")
+        return done.stdout
+
+    head = git("rev-parse", "HEAD").strip()
+    # Porcelain lines are `XY path`: the status's leading blank is part of the format.
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
+    if changed and not allow_dirty:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise ValueError(f"uncommitted changes to tracked files ({shown}): the image holds commit {head[:12]}'s "
+                         "code, not these; commit and rebuild the image, or pass --allow-dirty")
+    if allow_image_mismatch:
+        return head
+    tag = image_commit_tag(image)
+    if not DIGEST.search(image):
+        raise ValueError(f"image {image!r} is not referenced by digest: pass --image REPOSITORY:{head[:12]}@sha256:"
+                         "DIGEST (`make image-push` prints it), or --allow-image-mismatch")
+    if len(tag) < MIN_COMMIT_TAG or not head.startswith(tag):
+        raise ValueError(f"image {image!r} is tagged {tag or 'nothing'!r}, not HEAD's commit {head}: build and push "
+                         "this commit's image (`make image-push`), or pass --allow-image-mismatch")
+    return head
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def tracking_context(config: Config, params: bytes, root: Path) -> TrackingConte
     commit, kfp_run_id = provenance.git_commit(), os.environ.get("KFP_RUN_ID", "")
     tags = {"git_commit": commit, "data_version": manifest["data_version"],
             "dvc_data_md5": provenance.dvc_data_md5(root), "data_source": manifest["source"],
-            **source_tags(commit, kfp_run_id)}
+            **source_tags(commit, kfp_run_id), **provenance.image_tags()}
     if kfp_run_id:
         tags["kfp_run_id"] = kfp_run_id
     if os.environ.get("DVC_EXP_NAME"):
@@ -107,7 +107,7 @@ def tracking_context(config: Config, params: bytes, root: Path) -> TrackingConte
 
 
 def run_stage(stage: str, config: Config, root: Path, params: bytes, *, progress: bool = True,
-              track_data: bool = True) -> None:
+              track_data: bool = True, checkpoints: Path | None = None) -> None:
     """Run `stage` on the Layout under `root`.
 
     Args:
@@ -118,12 +118,13 @@ def run_stage(stage: str, config: Config, root: Path, params: bytes, *, progress
         progress: progress bars for the training stages.
         track_data: the validate stage gets its own MLflow run in the execution; False keeps it a pure
             data step (Kubeflow: no run id, so that KFP's cache reuses it across runs).
+        checkpoints: where a training stage keeps (and looks for) its checkpoint; None: `root/checkpoints`.
     Raises:
         ValueError: an unknown stage name (and, like every error in stage_errors(), a stage's own
             expected failures).
     """
     function = stage_function(stage)
-    layout = Layout(root)
+    layout = Layout(root, checkpoints)
     if stage in UNTRACKED_STAGES or (stage in DATA_STAGES and not track_data):
         function(config, layout)
     elif stage.startswith("train_"):

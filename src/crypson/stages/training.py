@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +40,8 @@ from crypson.train import distributed, loop
 from crypson.train import vae as vae_train
 from crypson.train.loop import FitResult, InMemoryBatches, LoopSettings, fingerprint_of, fit
 
+
+log = logging.getLogger(__name__)
 
 # Batches of noise over which the EMA generator's BatchNorm statistics are recomputed.
 EMA_BATCHNORM_BATCHES = 32
@@ -103,6 +106,11 @@ def _tracked_fit(task: loop.TrainTask, batches: InMemoryBatches, settings: LoopS
             tracking.log_dataset(*dataset, context="training")
         # A tag, not a param: a resumed run may continue on another number of processes.
         mlflow.set_tag("crypson.world_size", settings.world.size)
+        if checkpoint is not None:
+            resumed_at = checkpoint["epoch"] + 2  # 1-based: the epoch after the checkpoint's
+            log.info("%s: resuming at epoch %d of %d from %s (MLflow run %s)", stage, resumed_at, settings.epochs,
+                     settings.checkpoint_path, run_id)
+            mlflow.set_tag("crypson.resumed_at_epoch", resumed_at)
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
             tracking.log_epoch_metrics(epoch, metrics)
             if after_epoch is not None:
