@@ -40,8 +40,12 @@ system-deps:
 	    $$sudo apt-get update -q && $$sudo apt-get install -y -q $$missing; \
 	fi
 
+# Two workers (pytest-xdist): the tiny pipelines' stage processes use about one core each, so the integration
+# stack's tests run beside the e2e pipeline's; tests that share a session fixture stay in one worker
+# (tests/conftest.py GROUPS). TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 test: setup system-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The component image built and run with rootful podman over a local Debian base (about 8 min).
 test-image:

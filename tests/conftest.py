@@ -5,6 +5,10 @@ import os
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# One intra-op thread for torch here and in every stage process the tests start: their networks are tiny,
+# and `make test` runs two workers on two cores, where a second thread per process only spins (measured:
+# the tiny pipeline's stages use about one core each).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
@@ -25,13 +29,29 @@ def pytest_runtest_makereport(item, call):
 
 SUITES = ("unit", "e2e", "integration")
 
+# Tests that share a session fixture run in one pytest-xdist worker (`make test`: -n 2 --dist loadgroup):
+# the local stack and its pipeline (integration), the tiny dvc pipeline's repository (e2e), kfp.local's run.
+# Everything else is spread over the workers test by test.
+GROUPS = {"tests/integration/": "stack", "tests/e2e/test_pipeline.py": "pipeline",
+          "tests/e2e/test_cipher_cli.py": "pipeline", "tests/e2e/test_serving.py": "pipeline",
+          "tests/e2e/test_kfp_local.py": "kfp-local"}
 
+
+def group_of(path: str) -> str | None:
+    return next((group for prefix, group in GROUPS.items() if f"/{prefix}" in path), None)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(items):
-    """Unit tests first (fast feedback), then e2e, then integration; within integration the fault test
-    last: it retrains and re-registers the classifier on the shared server, so the other tests see the
-    registry as the tiny pipeline's first execution left it."""
+    """Unit tests first, then e2e, then integration; within integration the fault test last: it retrains
+    and re-registers the classifier on the shared server, so the other tests see the registry as the tiny
+    pipeline's first execution left it. Under xdist each group goes whole to one worker, in this order."""
     def rank(item) -> tuple[int, bool]:
         suite = next((s for s in SUITES if f"/tests/{s}/" in str(item.path)), None)
         return (SUITES.index(suite) if suite else len(SUITES), item.path.name == "test_faults.py")
 
     items.sort(key=rank)
+    for item in items:
+        group = group_of(str(item.path))
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
