@@ -94,7 +94,13 @@ def configure(tracking_uri: str, experiment: str, artifact_dir: Path | None = No
     check_artifact_store(found.artifact_location, os.environ)
     if found.tags.get(EXPERIMENT_KIND_TAG) is None:
         # MLflow 3 opens an experiment without a kind on its GenAI overview (traces, token usage).
-        MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+        try:
+            MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+        except mlflow.exceptions.MlflowException:
+            # Stages starting together (the cGAN and VAE tasks) race to set it; a server on PostgreSQL
+            # inserts the tag, so the loser gets a unique-key error. The tag being there is what matters.
+            if mlflow.get_experiment(found.experiment_id).tags.get(EXPERIMENT_KIND_TAG) is None:
+                raise
     return found.experiment_id
 
 

@@ -82,6 +82,34 @@ def test_links_open_the_model_training_view(store):
     assert mlflow.get_experiment(store).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
 
 
+def test_two_stages_racing_to_tag_the_experiment_both_go_on(tmp_path, monkeypatch):
+    """The cGAN and VAE tasks configure tracking at once: on a server with PostgreSQL the second tag insert
+    fails with a unique-key error (seen in tests/integration/test_concurrency.py). Here the other process's
+    tag lands just before ours is refused; a refusal with no tag there is still an error."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.create_experiment("raced", artifact_location=(tmp_path / "a").as_uri())
+    set_tag = MlflowClient.set_experiment_tag
+
+    def the_other_process_was_first(self, experiment, key, value):
+        set_tag(self, experiment, key, value)
+        raise mlflow.exceptions.MlflowException("duplicate key value violates unique constraint \"experiment_tag_pk\"")
+
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", the_other_process_was_first)
+    assert tracking.configure(uri, "raced") == experiment_id
+    assert mlflow.get_experiment(experiment_id).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+    def refused(self, experiment, key, value):
+        raise mlflow.exceptions.MlflowException("permission denied")
+
+    other = mlflow.create_experiment("refused", artifact_location=(tmp_path / "b").as_uri())
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", refused)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="permission denied"):
+        tracking.configure(uri, "refused")
+    assert tracking.EXPERIMENT_KIND_TAG not in mlflow.get_experiment(other).tags
+    mlflow.set_tracking_uri(None)
+
+
 def test_training_runs_log_system_metrics_and_their_dataset(store, tmp_path, monkeypatch):
     import time
 
