@@ -45,7 +45,7 @@ system-deps:
 # (tests/conftest.py GROUPS). TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 2
 test: setup system-deps
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # The component image built and run with rootful podman over a local Debian base (about 8 min).
 test-image:
