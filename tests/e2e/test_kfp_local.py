@@ -59,15 +59,20 @@ def local_run(tmp_path_factory):
     return folder, done
 
 
+def query_store(folder: Path, expression: str):
+    """The value of a Python `expression` over the folder's MLflow store (`c`: a client on it), in a fresh
+    process, as JSON."""
+    script = ("import json, mlflow; c = mlflow.MlflowClient('sqlite:///mlflow.db'); "
+              f"print(json.dumps({expression}))")
+    return json.loads(run([sys.executable, "-c", script], folder).stdout.strip().splitlines()[-1])
+
+
 def mlflow_state(folder: Path) -> dict:
     """Registered versions with tags and aliases, and every run's tags, from the folder's store."""
-    script = (
-        "import json, mlflow; c = mlflow.MlflowClient('sqlite:///mlflow.db'); print(json.dumps({"
-        "'models': {m.name: {'aliases': {k: str(v) for k, v in m.aliases.items()}, 'versions': {str(v.version): "
+    return query_store(folder, (
+        "{'models': {m.name: {'aliases': {k: str(v) for k, v in m.aliases.items()}, 'versions': {str(v.version): "
         "v.tags for v in c.search_model_versions(f\"name='{m.name}'\")}} for m in c.search_registered_models()},"
-        "'runs': [r.data.tags for r in mlflow.search_runs(search_all_experiments=True, output_format='list')]}))"
-    )
-    return json.loads(run([sys.executable, "-c", script], folder).stdout.strip().splitlines()[-1])
+        "'runs': [r.data.tags for r in mlflow.search_runs(search_all_experiments=True, output_format='list')]}"))
 
 
 def task_output(folder: Path, task: str) -> dict:
@@ -127,13 +132,10 @@ def test_attack_task_gets_the_evaluation_and_returns_the_security_report(local_r
 
 def vae_runs(folder: Path) -> list[dict]:
     """Every train_vae MLflow run of the folder's store: status, tags and the val_loss steps it logged."""
-    script = (
-        "import json, mlflow; c = mlflow.MlflowClient('sqlite:///mlflow.db'); print(json.dumps([{"
-        "'id': r.info.run_id, 'status': r.info.status, 'tags': r.data.tags, 'steps': [m.step for m in "
+    return query_store(folder, (
+        "[{'id': r.info.run_id, 'status': r.info.status, 'tags': r.data.tags, 'steps': [m.step for m in "
         "c.get_metric_history(r.info.run_id, 'val_loss')]} for r in mlflow.search_runs(search_all_experiments=True, "
-        "filter_string=\"tags.`crypson.stage` = 'train_vae'\", output_format='list')]))"
-    )
-    return json.loads(run([sys.executable, "-c", script], folder).stdout.strip().splitlines()[-1])
+        "filter_string=\"tags.`crypson.stage` = 'train_vae'\", output_format='list')]"))
 
 
 def tensors(path: Path) -> dict:
