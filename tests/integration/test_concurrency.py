@@ -14,7 +14,6 @@ import time
 import mlflow
 import pytest
 
-from crypson import stack
 from tests.integration.helpers import REPO
 
 pytestmark = pytest.mark.integration
