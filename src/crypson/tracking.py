@@ -459,11 +459,32 @@ def register_version(model_uri: str, registered_name: str, tags: dict[str, str],
     version = mlflow.register_model(model_uri, registered_name, tags=tags)
     try:
         client.update_model_version(registered_name, version.version, description=description)
-        client.set_registered_model_alias(registered_name, alias, version.version)
+        set_alias(client, registered_name, alias, version.version)
     except Exception:
         client.delete_model_version(registered_name, version.version)
         raise
     return str(version.version)
+
+
+ALIAS_ATTEMPTS = 3
+
+
+def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
+    """Point `alias` of registered model `name` at `version`.
+
+    MLflow's SQL store moves an alias by a read, then an insert or an update: two processes moving the same
+    alias at once (concurrent registrations of one model, tests/integration/test_concurrency.py) can both
+    insert, and the second gets a unique-key error. Moving it again then updates the row: the last one wins,
+    as it would have without the race.
+    """
+    for attempt in range(ALIAS_ATTEMPTS):
+        try:
+            client.set_registered_model_alias(name, alias, version)
+            return
+        except mlflow.exceptions.MlflowException:
+            if attempt == ALIAS_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _ensure_registered_model(client: MlflowClient, name: str, description: str) -> None:
@@ -524,7 +545,7 @@ def set_champion(versions: dict[str, str]) -> None:
     moved: list[str] = []
     try:
         for name, version in versions.items():
-            client.set_registered_model_alias(name, CHAMPION, version)
+            set_alias(client, name, CHAMPION, version)
             moved.append(name)
     except Exception:
         for name in moved:

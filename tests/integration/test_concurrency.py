@@ -55,16 +55,22 @@ def test_concurrent_registrations_get_distinct_versions_and_a_gated_champion(ser
     workers = [subprocess.Popen([sys.executable, str(script), str(go), gate, str(out), services.tracking_uri, MODEL],
                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for gate, out in zip(gates, outputs)]
-    deadline = time.monotonic() + 240  # every worker has imported torch and MLflow: start them together
-    while not all(out.with_suffix(".ready").exists() for out in outputs):
-        dead = [w for w in workers if w.poll() is not None]
-        assert not dead, f"a worker exited before it was ready: {dead[0].communicate()[1][-3000:]}"
-        assert time.monotonic() < deadline, "a worker did not get ready in 240 s"
-        time.sleep(0.1)
-    go.touch()
-    for worker in workers:
-        _, stderr = worker.communicate(timeout=240)
-        assert worker.returncode == 0, stderr[-3000:]
+    try:
+        deadline = time.monotonic() + 240  # every worker has imported torch and MLflow: start them together
+        while not all(out.with_suffix(".ready").exists() for out in outputs):
+            dead = [w for w in workers if w.poll() is not None]
+            assert not dead, f"a worker exited before it was ready: {dead[0].communicate()[1][-3000:]}"
+            assert time.monotonic() < deadline, "a worker did not get ready in 240 s"
+            time.sleep(0.1)
+        go.touch()
+        for worker in workers:
+            _, stderr = worker.communicate(timeout=240)
+            assert worker.returncode == 0, stderr[-3000:]
+    finally:  # a failure above must not leave the other workers waiting for `go` for ever
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
     results = [json.loads(out.read_text()) for out in outputs]
     versions = [r["version"] for r in results]
     assert sorted(versions, key=int) == [str(v) for v in range(1, len(gates) + 1)]  # distinct, none lost

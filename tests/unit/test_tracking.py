@@ -295,3 +295,35 @@ def test_configure_takes_the_experiment_another_process_just_created(store, tmp_
 
     monkeypatch.setattr(mlflow, "get_experiment_by_name", lookup)
     assert tracking.configure(uri, "raced", tmp_path / "artifacts") == created_elsewhere
+
+
+def test_an_alias_moved_by_two_processes_at_once_is_moved_again(store, monkeypatch, tmp_path):
+    """The loser of two concurrent alias moves gets a unique-key error from a SQL store; moving it again works.
+    An alias that keeps failing still raises, after ALIAS_ATTEMPTS tries."""
+    client = MlflowClient()
+    client.create_registered_model("raced")
+    version = client.create_model_version("raced", (tmp_path / "model").as_uri()).version
+    calls = []
+    move = MlflowClient.set_registered_model_alias
+
+    def refused_once(self, name, alias, number):
+        calls.append(alias)
+        if len(calls) == 1:
+            raise mlflow.exceptions.MlflowException('duplicate key value violates unique constraint "registered_model_alias_pk"')
+        move(self, name, alias, number)
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", refused_once)
+    tracking.set_alias(client, "raced", "candidate", version)
+    assert calls == ["candidate", "candidate"]
+    assert client.get_model_version_by_alias("raced", "candidate").version == version
+
+    def always_refused(self, name, alias, number):
+        calls.append(alias)
+        raise mlflow.exceptions.MlflowException("permission denied")
+
+    calls.clear()
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", always_refused)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="permission denied"):
+        tracking.set_alias(client, "raced", "champion", version)
+    assert len(calls) == tracking.ALIAS_ATTEMPTS
