@@ -31,11 +31,12 @@ from kfp import dsl, kubernetes
 from kfp.dsl.graph_component import GraphComponent
 
 from components import stages
+from crypson import provenance
 
 DEFAULT_IMAGE = "ghcr.io/crypson/crypson:0.1.0"
 # Overrides DEFAULT_IMAGE at compile time; inside every task, the image it runs in (crypson.provenance.IMAGE_ENV:
 # the `crypson.image` and `crypson.image_digest` tags of each MLflow run and model version).
-IMAGE_ENV = "CRYPSON_IMAGE"
+IMAGE_ENV = provenance.IMAGE_ENV
 PIPELINE_NAME = "crypson"
 
 # The GPU node pool (infra/ creates it with this label and taint).

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import datetime
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from crypson.provenance import git
 
 DESCRIPTION = "Crypson: trains, evaluates, attacks and promotes the cGAN, VAE and latent classifier."
 
@@ -40,15 +41,10 @@ def check_submission(repo: Path, image: str, *, allow_dirty: bool = False, allow
             digest with HEAD's commit as its tag (unless `allow_image_mismatch`); the message names the files
             or the reference and says how to fix it.
     """
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise ValueError(f"{Path(repo).resolve()} is not a git checkout (git {args[0]}: {done.stderr.strip()})")
-        return done.stdout
-
-    head = git("rev-parse", "HEAD").strip()
-    # Porcelain lines are `XY path`: the status's leading blank is part of the format.
-    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
+    head = git("rev-parse", "HEAD", cwd=repo)
+    if not head:
+        raise ValueError(f"{Path(repo).resolve()} is not a git checkout with a commit")
+    changed = git("diff", "--name-only", "HEAD", cwd=repo).splitlines()  # tracked files, staged or not
     if changed and not allow_dirty:
         shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
         raise ValueError(f"uncommitted changes to tracked files ({shown}): the image holds commit {head[:12]}'s "
