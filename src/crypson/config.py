@@ -188,6 +188,28 @@ class TrackingConfig(_Section):
     system_metrics: bool = True  # CPU, memory, disk, network (and GPU) of the training runs, every 10 s
 
 
+class DistributedConfig(_Section):
+    """Data-parallel training (crypson.train.distributed): how many processes the training stages run as.
+
+    `nodes` x `gpus_per_node` processes, one GPU each (on CPU, gloo processes). On Kubeflow a product
+    above 1 runs each training stage as a Kubeflow Trainer TrainJob on the `runtime` ClusterTrainingRuntime
+    (pipelines/crypson_pipeline.py, infra/kubeflow/README.md); `dvc repro` and a single pipeline task run one
+    process, so there a product above 1 fails the stage instead of training on one GPU under other settings.
+    """
+
+    nodes: int = Field(1, ge=1, le=64)
+    gpus_per_node: int = Field(1, ge=1, le=16)
+    # BatchNorm statistics over the whole global batch (torch.nn.SyncBatchNorm, one all-reduce per BN layer and
+    # step, CUDA only) instead of each rank's shard: the single-process statistics back, at a cost in speed.
+    sync_batchnorm: bool = False
+    # The Kubeflow Trainer runtime the TrainJobs use: the torch plugin's PET_* environment for torchrun.
+    runtime: Literal["torch-distributed"] = "torch-distributed"
+
+    @property
+    def processes(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
 class Config(_Section):
     seed: int = Field(42, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -202,6 +224,7 @@ class Config(_Section):
     promote: PromoteConfig = PromoteConfig()
     cipher: CipherConfig = CipherConfig()
     tracking: TrackingConfig = TrackingConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -213,7 +236,22 @@ class Config(_Section):
         low, high = self.validate_.pixel_mean_range
         if not 0 <= low < high <= 1:
             raise ValueError(f"validate.pixel_mean_range must satisfy 0 <= low < high <= 1, got {[low, high]}")
+        self._check_distributed()
         return self
+
+    def _check_distributed(self) -> None:
+        """Each rank trains an equal share of every global batch (crypson.train.loop.fit), and torch's
+        SyncBatchNorm synchronises CUDA tensors only: refuse what could not run, before any stage starts."""
+        topology = self.distributed
+        for stage in ("cgan", "vae", "classifier"):
+            batch_size = getattr(self, stage).batch_size
+            if batch_size % topology.processes:
+                raise ValueError(f"{stage}.batch_size={batch_size} does not divide by distributed.nodes x "
+                                 f"gpus_per_node = {topology.nodes} x {topology.gpus_per_node} = "
+                                 f"{topology.processes} processes (each trains an equal share of every batch)")
+        if topology.sync_batchnorm and topology.processes > 1 and self.device == "cpu":
+            raise ValueError("distributed.sync_batchnorm=true needs CUDA (torch's SyncBatchNorm runs on GPUs only), "
+                             "got device: cpu; set device: auto or cuda, or sync_batchnorm: false")
 
 
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
@@ -228,6 +266,8 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
             section = field.annotation
         allowed = sorted(f.alias or name for name, f in section.model_fields.items())
         return f"unknown key '{key}'; allowed keys here: {', '.join(allowed)}"
+    if error["type"] == "value_error":  # a validator of ours: its message names the values already
+        return f"{key + ': ' if key else ''}{error['msg'].removeprefix('Value error, ')}"
     return f"{key}: {error['msg']} (got {error.get('input')!r})"
 
 

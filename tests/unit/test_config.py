@@ -7,7 +7,7 @@ from crypson.config import ConfigError, deep_merge, load_config, parse_config, s
 
 REPO = Path(__file__).resolve().parents[2]
 SECTIONS = ("data", "prepare", "validate", "cgan", "vae", "classifier", "evaluate", "attack", "promote", "cipher",
-            "tracking", "device")
+            "tracking", "device", "distributed")
 
 
 def test_shipped_params_and_presets_are_valid():
@@ -64,6 +64,14 @@ def test_unknown_top_level_section():
         ({"data": {"split": "everything"}}, "data.split"),
         ({"device": "tpu"}, "device: Input should be 'auto', 'cpu' or 'cuda'"),
         ({"data": {"glyphs": {"scale_range": [1.2, 0.8]}}}, "scale_range"),
+        ({"distributed": {"nodes": 0}}, "distributed.nodes: Input should be greater than or equal to 1 (got 0)"),
+        ({"distributed": {"gpus_per_node": 17}}, "distributed.gpus_per_node: Input should be less than or equal to 16"),
+        ({"distributed": {"runtime": "mpi-distributed"}},
+         "distributed.runtime: Input should be 'torch-distributed' (got 'mpi-distributed')"),
+        ({"distributed": {"nodes": 3}}, "cgan.batch_size=128 does not divide by distributed.nodes x gpus_per_node "
+                                        "= 3 x 1 = 3 processes"),
+        ({"distributed": {"gpus_per_node": 2, "sync_batchnorm": True}, "device": "cpu"},
+         "distributed.sync_batchnorm=true needs CUDA"),
     ],
 )
 def test_bad_values_name_the_key(raw, fragment):
@@ -115,3 +123,9 @@ def test_config_refuses_an_unknown_scheme_naming_it_and_the_valid_ones():
     assert "cipher.scheme" in message and "'rot13'" in message
     for name in ("report", "keyed-timestep", "keyed-gaussian", "keyed-modular"):
         assert f"'{name}'" in message
+
+
+def test_distributed_topology_is_the_product_and_one_process_by_default():
+    assert parse_config({}).distributed.processes == 1
+    topology = parse_config({"distributed": {"nodes": 2, "gpus_per_node": 4, "sync_batchnorm": True}}).distributed
+    assert (topology.processes, topology.sync_batchnorm, topology.runtime) == (8, True, "torch-distributed")

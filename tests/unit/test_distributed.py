@@ -209,3 +209,102 @@ def test_cuda_ranks_get_their_local_gpu():
     assert distributed.local_device(torch.device("cuda"), world) == torch.device("cuda", 1)
     assert distributed.local_device(torch.device("cpu"), world) == torch.device("cpu")
     assert distributed.local_device(torch.device("cuda"), World()) == torch.device("cuda")
+
+
+# ---- SyncBatchNorm (distributed.sync_batchnorm) --------------------------------------------------------
+def _training_tasks() -> dict[str, object]:
+    """The three training tasks of the stages, tiny, on the CPU."""
+    from crypson.models.classifier import LatentClassifier
+    from crypson.train.classifier import ClassifierTask
+
+    vae = VAE(latent_dim=2, channels=(2, 2, 4, 4))
+    validation = {"real": (torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))}
+    return {
+        "cgan": CganTask(Generator(3, noise_dim=8, width=4), Discriminator(3, embed_dim=8, hidden=(16,)), 2e-4,
+                         (0.5, 0.999)),
+        "vae": VaeTask(vae, 1e-3, (0.9, 0.999), 0.3, 0.7, torch.zeros(4, 32, 32, dtype=torch.uint8), batch_size=4),
+        "classifier": ClassifierTask(LatentClassifier(vae.decoder, 3, 8, 0.0), 1e-3, (0.9, 0.999), validation, 4),
+    }
+
+
+def _batchnorms(modules) -> dict[str, nn.Module]:
+    return {f"{owner}.{name}": layer for owner, module in modules.items() for name, layer in module.named_modules()
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm)}
+
+
+@pytest.mark.parametrize("kind", ["cgan", "vae", "classifier"])
+def test_sync_batchnorm_converts_every_batchnorm_for_the_block_only(kind):
+    modules = _training_tasks()[kind].modules()
+    before = _batchnorms(modules)
+    assert before and not any(isinstance(layer, nn.SyncBatchNorm) for layer in before.values())
+    with distributed.synchronised_batchnorm(modules.values(), enabled=True):
+        during = _batchnorms(modules)
+        assert set(during) == set(before)
+        assert all(type(layer) is nn.SyncBatchNorm for layer in during.values())
+        for name, layer in during.items():  # the same tensors, not copies: steps and checkpoints act on both
+            original = before[name]
+            assert layer.running_mean is original.running_mean and layer.num_batches_tracked is \
+                original.num_batches_tracked, name
+            assert layer.weight is original.weight or (layer.weight is None and original.weight is None), name
+        for module in modules.values():
+            module.eval()
+    after = _batchnorms(modules)
+    assert all(after[name] is layer for name, layer in before.items())  # the original layers are back
+    assert not any(layer.training for layer in after.values())  # with the mode set inside the block
+
+
+@pytest.mark.parametrize("kind", ["cgan", "vae", "classifier"])
+def test_sync_batchnorm_off_leaves_the_modules_untouched(kind):
+    modules = _training_tasks()[kind].modules()
+    before = _batchnorms(modules)
+    with distributed.synchronised_batchnorm(modules.values(), enabled=False):
+        assert all(layer is before[name] for name, layer in _batchnorms(modules).items())
+
+
+def test_fit_trains_through_syncbatchnorm_only_when_asked(tmp_path, monkeypatch):
+    """fit's DDP path, collectives replaced by one process's identity (no process group: SyncBatchNorm then
+    normalises locally), records which BatchNorm layers the DDP-wrapped modules hold."""
+    monkeypatch.setattr(distributed, "broadcast_from_main", lambda value, world: value)
+    monkeypatch.setattr(distributed, "sum_over_ranks", lambda tensor, world: tensor)
+    monkeypatch.setattr(distributed, "barrier", lambda world: None)
+    monkeypatch.setattr(distributed, "wrap", lambda module, world: module)
+    for enabled in (True, False):
+        task = _training_tasks()["vae"]
+        seen = []
+        wrap_modules = task.wrap_modules
+        task.wrap_modules = lambda wrap, task=task, seen=seen, wrap_modules=wrap_modules: (
+            seen.extend(type(layer) for layer in _batchnorms(task.modules()).values()), wrap_modules(wrap))
+        settings = LoopSettings(epochs=1, checkpoint_path=tmp_path / f"{enabled}.pt", fingerprint="f",
+                                progress=False, world=World(rank=0, size=2), sync_batchnorm=enabled)
+        fit(task, _image_batches(3), settings)
+        assert seen and set(seen) == {nn.SyncBatchNorm if enabled else nn.BatchNorm2d}, enabled
+        assert not any(isinstance(layer, nn.SyncBatchNorm) for layer in _batchnorms(task.modules()).values())
+
+
+def test_sync_batchnorm_needs_ddp_and_cuda():
+    two = World(rank=0, size=2)
+    assert distributed.sync_batchnorm_on(two, torch.device("cuda", 0), True)
+    assert not distributed.sync_batchnorm_on(World(), torch.device("cuda"), True)  # one process: nothing to sync
+    assert not distributed.sync_batchnorm_on(two, torch.device("cuda", 0), False)
+    with pytest.raises(ValueError, match="sync_batchnorm needs CUDA ranks .* got device cpu"):
+        distributed.sync_batchnorm_on(two, torch.device("cpu"), True)
+
+
+# ---- the run's topology against the launcher's ----------------------------------------------------------
+def test_world_must_match_the_params_topology():
+    distributed.check_world(World(), 1)
+    distributed.check_world(World(rank=7, local_rank=3, size=8), 8)
+    with pytest.raises(ValueError, match="= 8 processes, but this stage runs as one .* torchrun with 8"):
+        distributed.check_world(World(), 8)  # dvc repro, or a single pipeline task, under 2 x 4 params
+    with pytest.raises(ValueError, match="WORLD_SIZE=4 processes, but distributed.nodes x gpus_per_node = 8"):
+        distributed.check_world(World(rank=1, size=4), 8)
+
+
+def test_every_training_stage_runs_inside_the_process_group():
+    """The stage functions (not their helpers) join torchrun's group: a helper that joined it would leave
+    it before training starts, and every rank would train alone and write as rank 0."""
+    from crypson.stages import training
+
+    for stage in (training.train_cgan, training.train_vae, training.train_classifier):
+        assert stage.__wrapped__.__name__ == stage.__name__
+    assert not hasattr(training.vae_task, "__wrapped__")

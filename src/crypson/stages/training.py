@@ -52,17 +52,20 @@ def _settings(config: Config, layout: Layout, stage: str, data: PreparedData,
     section = getattr(config, stage)
     modules = (loop, distributed, *code)
     world = distributed.current()
+    distributed.check_world(world, config.distributed.processes)
+    device = distributed.local_device(resolve_device(config.device), world)
     return LoopSettings(
         epochs=section.epochs,
         checkpoint_path=layout.checkpoint(stage),
         # A checkpoint is resumed only by the same params, data and training code.
         fingerprint=fingerprint_of(section.model_dump(mode="json"), config.seed, data.manifest["data_version"],
                                    files=tuple(Path(m.__file__) for m in modules)),
-        device=distributed.local_device(resolve_device(config.device), world),
+        device=device,
         seed=config.seed,
         max_train_batches=section.max_train_batches,
         progress=progress and world.is_main,
         world=world,
+        sync_batchnorm=distributed.sync_batchnorm_on(world, device, config.distributed.sync_batchnorm),
     )
 
 
@@ -106,6 +109,7 @@ def _tracked_fit(task: loop.TrainTask, batches: InMemoryBatches, settings: LoopS
             tracking.log_dataset(*dataset, context="training")
         # A tag, not a param: a resumed run may continue on another number of processes.
         mlflow.set_tag("crypson.world_size", settings.world.size)
+        mlflow.set_tag("crypson.sync_batchnorm", settings.world.is_distributed and settings.sync_batchnorm)
         if checkpoint is not None:
             resumed_at = checkpoint["epoch"] + 2  # 1-based: the epoch after the checkpoint's
             log.info("%s: resuming at epoch %d of %d from %s (MLflow run %s)", stage, resumed_at, settings.epochs,
@@ -198,7 +202,6 @@ def train_cgan(config: Config, layout: Layout, context: tracking.TrackingContext
     return registration
 
 
-@_in_process_group
 def vae_task(config: Config, data: PreparedData, device: torch.device) -> tuple[dict, vae_model.VAE,
                                                                                    vae_train.VaeTask]:
     """What the VAE stage trains: (hyper-parameters, the VAE they build, the task with the configured loss
@@ -212,6 +215,7 @@ def vae_task(config: Config, data: PreparedData, device: torch.device) -> tuple[
     return params, vae, task
 
 
+@_in_process_group
 def train_vae(config: Config, layout: Layout, context: tracking.TrackingContext | None,
               progress: bool = True) -> dict:
     """Train the VAE on real (or glyph) training images; register `crypson-vae`."""

@@ -1,22 +1,25 @@
-"""Data-parallel training across processes: `torchrun` (or the Kubeflow Training Operator) runs one
-process per GPU, or per CPU slot with gloo, and every process runs the same stage.
+"""Data-parallel training across processes: `torchrun` (on Kubeflow, in a Kubeflow Trainer TrainJob)
+runs one process per GPU, or per CPU slot with gloo, and every process runs the same stage.
 
-The launcher, not params.yaml, says how many processes there are: torchrun and the training
-operator set WORLD_SIZE, RANK and LOCAL_RANK (and MASTER_ADDR/MASTER_PORT for the rendezvous).
-Without them, or with WORLD_SIZE=1, everything here is a no-op and a stage runs as one process.
+The launcher starts the processes: torchrun sets WORLD_SIZE, RANK and LOCAL_RANK (and
+MASTER_ADDR/MASTER_PORT for the rendezvous). Without them, or with WORLD_SIZE=1, everything here
+is a no-op and a stage runs as one process. params.yaml's `distributed` section says how many
+processes a run is meant to have; `check_world` refuses a launcher that started another number.
 
 Semantics under DDP: each optimizer step consumes one global batch of `batch_size` rows, split
 into equal contiguous shards, one per rank; DDP averages the gradients, so for a model without
 batch-coupled layers a step equals the single-process step on the whole batch. BatchNorm layers
 normalise with their own shard's statistics (as in any DDP run without SyncBatchNorm) and their
-running statistics are broadcast from rank 0 before every forward (DDP's buffer sync). Rank 0
-alone writes checkpoints, model files, metrics and MLflow runs.
+running statistics are broadcast from rank 0 before every forward (DDP's buffer sync); with
+`distributed.sync_batchnorm` they normalise with the whole global batch's statistics instead
+(torch.nn.SyncBatchNorm: the single-process step again, at one all-reduce per BatchNorm layer and
+step, CUDA only). Rank 0 alone writes checkpoints, model files, metrics and MLflow runs.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -71,6 +74,27 @@ def from_environment(environ: Mapping[str, str] | None = None) -> World:
         raise ValueError(f"inconsistent launcher environment: WORLD_SIZE={size}, RANK={rank}, "
                          f"LOCAL_RANK={local_rank}; need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
     return World(rank=rank, local_rank=local_rank, size=size)
+
+
+def check_world(world: World, processes: int) -> None:
+    """Refuse a launcher whose number of processes is not the one the run's params ask for.
+
+    Args:
+        world: this process's World (from the launcher's environment).
+        processes: distributed.nodes x distributed.gpus_per_node of the run's params.
+    Raises:
+        ValueError: naming both numbers; one process where params ask for more is what `dvc repro`
+            and a single Kubeflow task start, so the message says how to start more.
+    """
+    if world.size == processes:
+        return
+    if world.size == 1:
+        raise ValueError(f"distributed.nodes x gpus_per_node = {processes} processes, but this stage runs as one "
+                         "(no torchrun WORLD_SIZE): dvc repro and a single pipeline task start one process; start it "
+                         f"under torchrun with {processes} processes (on Kubeflow: a spec compiled from these params "
+                         "runs a TrainJob) or set both to 1")
+    raise ValueError(f"the launcher started WORLD_SIZE={world.size} processes, but distributed.nodes x gpus_per_node "
+                     f"= {processes}: make the two agree")
 
 
 def is_main_process() -> bool:
@@ -137,6 +161,54 @@ def wrap(module: nn.Module, world: World) -> nn.Module:
     device = next(module.parameters()).device
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
                                    forward_sync_buffers=True)
+
+
+def sync_batchnorm_on(world: World, device: torch.device, requested: bool) -> bool:
+    """Whether this run's BatchNorm layers synchronise: `requested` (distributed.sync_batchnorm) and DDP.
+
+    Raises:
+        ValueError: requested for DDP ranks that are not on CUDA (torch's SyncBatchNorm runs on GPUs only).
+    """
+    if not (requested and world.is_distributed):
+        return False
+    if device.type != "cuda":
+        raise ValueError(f"distributed.sync_batchnorm needs CUDA ranks (torch's SyncBatchNorm runs on GPUs only), "
+                         f"got device {device}; set it to false for CPU (gloo) processes")
+    return True
+
+
+@contextmanager
+def synchronised_batchnorm(modules: Iterable[nn.Module], enabled: bool) -> Iterator[None]:
+    """BatchNorm layers of `modules` as torch.nn.SyncBatchNorm for the duration of the block, then back.
+
+    The SyncBatchNorm layers share the BatchNorm layers' parameters and running-statistics tensors (torch's
+    convert_sync_batchnorm assigns, never copies), so optimizer steps, checkpoints and DDP's buffer sync act
+    on the same tensors, and the layers put back afterwards hold the trained values. They are put back
+    because rank 0 alone runs the modules after training (sampling, EMA BatchNorm statistics): a
+    SyncBatchNorm in training mode there would wait for ranks that never join it.
+
+    Args:
+        modules: the models of a training task, on this rank's device, before DDP wraps them.
+        enabled: False leaves the modules untouched.
+    """
+    if not enabled:
+        yield
+        return
+    replaced: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, child name, original BatchNorm)
+    for module in modules:
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(f"a bare {type(module).__name__} cannot be converted in place; pass its parent module")
+        for parent in list(module.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+                    replaced.append((parent, name, child))
+                    parent.add_module(name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+    try:
+        yield
+    finally:
+        for parent, name, original in reversed(replaced):
+            original.train(getattr(parent, name).training)
+            parent.add_module(name, original)
 
 
 def barrier(world: World) -> None:

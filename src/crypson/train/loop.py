@@ -109,6 +109,7 @@ class LoopSettings:
     max_train_batches: int | None = None  # the tests' fast path
     progress: bool = True
     world: World = World()  # this process among torchrun's ranks; a single process by default
+    sync_batchnorm: bool = False  # under DDP: BatchNorm over the global batch (distributed.sync_batchnorm_on)
 
 
 @dataclass
@@ -193,9 +194,18 @@ def fit(
         result.best_state = checkpoint["best_state"]
         result.extra = {**checkpoint["extra"], **result.extra}
         start_epoch = result.resumed_from_epoch = checkpoint["epoch"] + 1
-    if world.is_distributed:
-        task.wrap_modules(lambda module: distributed.wrap(module, world))
+    with distributed.synchronised_batchnorm(modules.values(), world.is_distributed and settings.sync_batchnorm):
+        if world.is_distributed:
+            task.wrap_modules(lambda module: distributed.wrap(module, world))
+        _train_epochs(task, batches, settings, result, start_epoch, on_epoch_end)
+    return result
 
+
+def _train_epochs(task: TrainTask, batches: InMemoryBatches, settings: LoopSettings, result: FitResult,
+                  start_epoch: int, on_epoch_end: Callable[[int, dict[str, float]], None] | None) -> None:
+    """The epochs from `start_epoch` on: train, validate, keep the best, checkpoint (fit's body)."""
+    device, world = settings.device, settings.world
+    modules, optimizers = task.modules(), task.optimizers()
     steps_per_epoch = min(len(batches), settings.max_train_batches or len(batches))
     for epoch in range(start_epoch, settings.epochs):
         seed_everything(settings.seed, epoch, world.rank)
@@ -252,4 +262,3 @@ def fit(
         if settings.progress and world.is_main:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
             tqdm.write(f"epoch {epoch + 1}/{settings.epochs}: {shown}")
-    return result
