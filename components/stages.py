@@ -11,7 +11,9 @@ of `split_params`, which runs first on the pipeline's whole `params` argument: K
 task is made of its input values, so a change to `vae.lr` leaves the data tasks' keys as they were.
 Data stages take no run id, so KFP's cache can reuse them across runs; stages that log to MLflow
 take the KFP run id (`run_id`) and the code's commit, which become MLflow tags. Training stages also take
-the run's `workspace` (KFP's workspace volume), where their checkpoints outlive a killed pod.
+the run's `workspace` (KFP's workspace volume), where their checkpoints outlive a killed pod. Each training
+stage has a second component, `<stage>_trainjob`, for more than one GPU: it runs the same stage as a Kubeflow
+Trainer TrainJob (crypson.kfp.launcher) and returns the same artifacts, so the pipeline wires either alike.
 No `from __future__ import annotations` here: KFP reads the annotations as types.
 """
 
@@ -19,7 +21,8 @@ No `from __future__ import annotations` here: KFP reads the annotations as types
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import (HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output, TaskConfig,
+                     TaskConfigField, TaskConfigPassthrough)
 from kfp.dsl.python_component import PythonComponent
 
 
@@ -101,6 +104,53 @@ def train_classifier(params: str, run_id: str, git_commit: str, workspace: str, 
     classifier.metadata.update(runtime.registration(classifier.path))
 
 
+def train_cgan_trainjob(params: str, run_id: str, git_commit: str, workspace: str, image: str, deadline_s: int,
+                        prepared: Input[Dataset], cgan: Output[Model], metrics: Output[Metrics],
+                        task_config: TaskConfig):
+    """train_cgan on several GPUs: a Kubeflow Trainer TrainJob that this task launches and waits for."""
+    from dataclasses import asdict
+
+    from crypson.kfp import launcher, runtime
+
+    results = launcher.run_stage("train_cgan", params, {"prepared": prepared.path}, {"cgan": cgan.path},
+                                 run_id=run_id, git_commit=git_commit, workspace=workspace, image=image,
+                                 task_config=asdict(task_config), deadline_s=deadline_s)
+    runtime.log_metrics(metrics, results)
+    cgan.metadata.update(runtime.registration(cgan.path))
+
+
+def train_vae_trainjob(params: str, run_id: str, git_commit: str, workspace: str, image: str, deadline_s: int,
+                       prepared: Input[Dataset], vae: Output[Model], metrics: Output[Metrics],
+                       task_config: TaskConfig):
+    """train_vae on several GPUs: a Kubeflow Trainer TrainJob that this task launches and waits for."""
+    from dataclasses import asdict
+
+    from crypson.kfp import launcher, runtime
+
+    results = launcher.run_stage("train_vae", params, {"prepared": prepared.path}, {"vae": vae.path},
+                                 run_id=run_id, git_commit=git_commit, workspace=workspace, image=image,
+                                 task_config=asdict(task_config), deadline_s=deadline_s)
+    runtime.log_metrics(metrics, results)
+    vae.metadata.update(runtime.registration(vae.path))
+
+
+def train_classifier_trainjob(params: str, run_id: str, git_commit: str, workspace: str, image: str,
+                              deadline_s: int, prepared: Input[Dataset], cgan: Input[Model], vae: Input[Model],
+                              classifier: Output[Model], metrics: Output[Metrics], task_config: TaskConfig):
+    """train_classifier on several GPUs: a Kubeflow Trainer TrainJob that this task launches and waits for."""
+    from dataclasses import asdict
+
+    from crypson.kfp import launcher, runtime
+
+    results = launcher.run_stage("train_classifier", params,
+                                 {"prepared": prepared.path, "cgan": cgan.path, "vae": vae.path},
+                                 {"classifier": classifier.path}, run_id=run_id, git_commit=git_commit,
+                                 workspace=workspace, image=image, task_config=asdict(task_config),
+                                 deadline_s=deadline_s)
+    runtime.log_metrics(metrics, results)
+    classifier.metadata.update(runtime.registration(classifier.path))
+
+
 def evaluate(params: str, run_id: str, git_commit: str, prepared: Input[Dataset], cgan: Input[Model],
              vae: Input[Model], classifier: Input[Model], metrics: Output[Metrics],
              confusion_real: Output[ClassificationMetrics],
@@ -164,16 +214,36 @@ class StageComponents(NamedTuple):
     attack: PythonComponent
     gate: PythonComponent
     promote: PythonComponent
+    train_cgan_trainjob: PythonComponent
+    train_vae_trainjob: PythonComponent
+    train_classifier_trainjob: PythonComponent
+
+
+# What KFP passes to the TrainJob launchers (their `task_config`) instead of, or as well as, applying it to their
+# own pod: the GPUs and the GPU pool's placement go to the TrainJob's nodes only (the launcher runs on any node and
+# holds no GPU); the environment (MLflow settings as Secret references, the image's name) and the volumes (the
+# run's workspace PVC, where the stage's inputs, outputs and checkpoints live) go to both.
+TRAINJOB_PASSTHROUGHS = (
+    TaskConfigPassthrough(TaskConfigField.RESOURCES, apply_to_task=False),
+    TaskConfigPassthrough(TaskConfigField.KUBERNETES_NODE_SELECTOR, apply_to_task=False),
+    TaskConfigPassthrough(TaskConfigField.KUBERNETES_TOLERATIONS, apply_to_task=False),
+    TaskConfigPassthrough(TaskConfigField.KUBERNETES_AFFINITY, apply_to_task=False),
+    TaskConfigPassthrough(TaskConfigField.ENV, apply_to_task=True),
+    TaskConfigPassthrough(TaskConfigField.KUBERNETES_VOLUMES, apply_to_task=True),
+)
+TRAINJOB_LAUNCHERS = (train_cgan_trainjob, train_vae_trainjob, train_classifier_trainjob)
 
 
 def build(image: str) -> StageComponents:
-    """Every stage as a component running in `image`.
+    """Every stage as a component running in `image` (and each training stage's TrainJob launcher).
 
     The image carries crypson and kfp already (the `kubeflow` extra), so nothing is pip-installed
     when a task starts: a cluster without PyPI access runs the pipeline, and every task runs the
     exact versions the image was built with.
     """
     functions = (split_params, ingest, prepare, validate, train_cgan, train_vae, train_classifier, evaluate, attack,
-                 gate, promote)
-    return StageComponents(*(dsl.component(function, base_image=image, install_kfp_package=False)
+                 gate, promote, *TRAINJOB_LAUNCHERS)
+    return StageComponents(*(dsl.component(function, base_image=image, install_kfp_package=False,
+                                           task_config_passthroughs=list(TRAINJOB_PASSTHROUGHS)
+                                           if function in TRAINJOB_LAUNCHERS else None)
                              for function in functions))

@@ -26,6 +26,7 @@ there the narrow input keeps their key honest rather than saving a run.
 
 
 import json
+from typing import Any
 
 from kfp import dsl, kubernetes
 from kfp.dsl.graph_component import GraphComponent
@@ -44,6 +45,7 @@ GPU_NODE_LABEL = ("cloud.google.com/gke-nodepool", "gpu-pool")
 GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
 ACCELERATOR = "nvidia.com/gpu"  # the device plugin's resource name
 GPUS_PER_TRAINING_TASK = 1
+# Per GPU: a TrainJob node with g GPUs asks for g times these (one training process a GPU).
 TRAINING_REQUESTS = {"cpu": "4", "memory": "16Gi"}
 TRAINING_LIMITS = {"cpu": "8", "memory": "32Gi"}
 SCORING_REQUESTS = {"cpu": "2", "memory": "8Gi"}  # evaluate and attack: CPU nodes
@@ -55,6 +57,10 @@ DATA_REQUESTS = {"cpu": "1", "memory": "4Gi"}
 # Estimates with a wide margin, not measurements: the default run takes 10-30 minutes end to end on two CPU
 # cores, and nothing has run on a cluster yet; a schedule beyond presets/report.yaml's needs larger limits.
 TIMEOUT_S = {"light": 30 * 60, "data": 2 * 3600, "training": 4 * 3600, "scoring": 4 * 3600}
+# A TrainJob launcher outlives its TrainJob (whose own deadline is TIMEOUT_S["training"]) by the time it takes to
+# copy the inputs into the workspace, schedule the nodes and pull the image, so it reports the TrainJob's
+# DeadlineExceeded instead of dying first.
+TIMEOUT_S["launcher"] = TIMEOUT_S["training"] + 30 * 60
 # Training tasks retry twice, 2 then 4 minutes after a failure, for what goes away by itself (a reclaimed
 # GPU node, an MLflow or S3 restart). A retry resumes at the epoch after the last checkpoint, in the same
 # MLflow run: the checkpoints live in the run's workspace (WORKSPACE), not in the pod.
@@ -65,8 +71,13 @@ RETRY_BACKOFF_FACTOR = 2.0
 # retries there (KFP's default, one hour, would leave a training that failed after an hour unretried):
 # room for every attempt's full time limit and the waits between them. So a step that hangs every time
 # holds its GPU for at most three time limits, 12 hours.
-TRAINING_RETRY_WINDOW_S = (TRAINING_RETRIES + 1) * TIMEOUT_S["training"] + int(
-    sum(RETRY_BACKOFF_S * RETRY_BACKOFF_FACTOR ** retry for retry in range(TRAINING_RETRIES)))
+def retry_window_s(kind: str) -> int:
+    """Every attempt's full time limit and the waits between them."""
+    return (TRAINING_RETRIES + 1) * TIMEOUT_S[kind] + int(
+        sum(RETRY_BACKOFF_S * RETRY_BACKOFF_FACTOR ** retry for retry in range(TRAINING_RETRIES)))
+
+
+TRAINING_RETRY_WINDOW_S = retry_window_s("training")
 
 # The run's workspace: a volume KFP creates for each run and mounts into every task that names it
 # (dsl.WORKSPACE_PATH_PLACEHOLDER), kept while the run lasts. The training tasks keep their checkpoints there
@@ -82,11 +93,19 @@ MLFLOW_SECRET = "crypson-mlflow"
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
-def on_gpu_pool(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """Schedule a training task on one GPU of the GPU node pool, with room for its data loading."""
-    task.set_accelerator_type(ACCELERATOR).set_accelerator_limit(GPUS_PER_TRAINING_TASK)
-    task.set_cpu_request(TRAINING_REQUESTS["cpu"]).set_memory_request(TRAINING_REQUESTS["memory"])
-    task.set_cpu_limit(TRAINING_LIMITS["cpu"]).set_memory_limit(TRAINING_LIMITS["memory"])
+def per_gpu(quantities: dict[str, str], gpus: int) -> dict[str, str]:
+    """`gpus` times a per-GPU {"cpu": "4", "memory": "16Gi"}."""
+    number, unit = quantities["memory"][:-2], quantities["memory"][-2:]
+    return {"cpu": str(int(quantities["cpu"]) * gpus), "memory": f"{int(number) * gpus}{unit}"}
+
+
+def on_gpu_pool(task: dsl.PipelineTask, gpus: int = GPUS_PER_TRAINING_TASK) -> dsl.PipelineTask:
+    """Schedule a training task (or, for a TrainJob launcher, each of its nodes) on `gpus` GPUs of the GPU
+    node pool, with room for its data loading."""
+    requests, limits = per_gpu(TRAINING_REQUESTS, gpus), per_gpu(TRAINING_LIMITS, gpus)
+    task.set_accelerator_type(ACCELERATOR).set_accelerator_limit(gpus)
+    task.set_cpu_request(requests["cpu"]).set_memory_request(requests["memory"])
+    task.set_cpu_limit(limits["cpu"]).set_memory_limit(limits["memory"])
     kubernetes.add_node_selector(task, label_key=GPU_NODE_LABEL[0], label_value=GPU_NODE_LABEL[1])
     kubernetes.add_toleration(task, **GPU_TAINT)
     return task
@@ -97,11 +116,13 @@ def limited(task: dsl.PipelineTask, kind: str) -> dsl.PipelineTask:
     return kubernetes.set_timeout(task, TIMEOUT_S[kind])
 
 
-def training(task: dsl.PipelineTask, backoff_s: int = RETRY_BACKOFF_S) -> dsl.PipelineTask:
-    """A training task: on one GPU, time-limited, retried with exponential back-off, logged to MLflow."""
+def training(task: dsl.PipelineTask, backoff_s: int = RETRY_BACKOFF_S, gpus: int = GPUS_PER_TRAINING_TASK,
+             kind: str = "training") -> dsl.PipelineTask:
+    """A training task: on the GPU pool, time-limited, retried with exponential back-off, logged to MLflow.
+    For a TrainJob launcher (kind "launcher") the placement is its TrainJob nodes' (passed through)."""
     task.set_retry(num_retries=TRAINING_RETRIES, backoff_duration=f"{backoff_s}s",
-                   backoff_factor=RETRY_BACKOFF_FACTOR, backoff_max_duration=f"{TRAINING_RETRY_WINDOW_S}s")
-    return tracked(limited(on_gpu_pool(task), "training"))
+                   backoff_factor=RETRY_BACKOFF_FACTOR, backoff_max_duration=f"{retry_window_s(kind)}s")
+    return tracked(limited(on_gpu_pool(task, gpus), kind))
 
 
 def with_requests(task: dsl.PipelineTask, requests: dict[str, str]) -> dsl.PipelineTask:
@@ -120,8 +141,22 @@ def tracked(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 
 def build_pipeline(params: str, task_params: dict[str, list[str]], image: str = DEFAULT_IMAGE,
-                   retry_backoff_s: int = RETRY_BACKOFF_S, presets: dict[str, dict] | None = None) -> GraphComponent:
+                   retry_backoff_s: int = RETRY_BACKOFF_S, presets: dict[str, dict] | None = None,
+                   nodes: int = 1, gpus_per_node: int = 1) -> GraphComponent:
     """The pipeline, with `params` (params.yaml text) as the default of its `params` argument.
+
+    With nodes x gpus_per_node > 1 (params' `distributed`, read at compile time by
+    crypson.kfp.project.compile_spec) each training stage is a TrainJob launcher (components/stages.py,
+    `<stage>_trainjob`): a light task that runs the stage as a Kubeflow Trainer TrainJob on `nodes` nodes of
+    `gpus_per_node` GPUs and returns the same artifacts. Its GPUs, GPU-pool node selector and toleration
+    are set on the task as for one GPU, and KFP passes them, with the MLflow Secret's environment
+    references and the run's workspace PVC, to the launcher as its dsl.TaskConfig
+    (task_config_passthroughs), which puts them on the TrainJob; the launcher pod itself gets only the
+    environment and the workspace. The switch is at compile time, not a run parameter with dsl.If: the
+    TrainJob's per-node GPUs are a resource of the task, fixed in the spec, and one kind of training task
+    keeps the spec's wiring, cache keys and tests as they are. A run whose params ask for another topology
+    than the spec's fails loudly: a single-GPU stage refuses params above one process
+    (crypson.train.distributed.check_world), a launcher GPUs per node other than the task's.
 
     Args:
         params: params.yaml text; every stage reads its settings from it, as under `dvc repro`.
@@ -131,6 +166,7 @@ def build_pipeline(params: str, task_params: dict[str, list[str]], image: str = 
             runs pass seconds, a cluster waits minutes for a node to come back.
         presets: name -> partial params (crypson.kfp.project.load_presets: presets/*.yaml), what the run
             parameter `preset` may name.
+        nodes, gpus_per_node: the training stages' topology (params' `distributed`); 1 x 1: one GPU, in the task.
     """
     c = stages.build(image)
 
@@ -172,15 +208,26 @@ def build_pipeline(params: str, task_params: dict[str, list[str]], image: str = 
 
         workspace = dsl.WORKSPACE_PATH_PLACEHOLDER  # the training checkpoints' durable folder
 
-        def training_task(task: dsl.PipelineTask) -> dsl.PipelineTask:
-            return in_image(training(task, retry_backoff_s))
+        if nodes * gpus_per_node > 1:  # a TrainJob launcher for each training stage
+            train = {stage: getattr(c, f"{stage}_trainjob") for stage in ("train_cgan", "train_vae", "train_classifier")}
+            launch = {"image": image, "deadline_s": TIMEOUT_S["training"]}
 
-        cgan = training_task(c.train_cgan(**logged("train_cgan"), workspace=workspace, prepared=prepared)
-                             .after(validate))
-        vae = training_task(c.train_vae(**logged("train_vae"), workspace=workspace, prepared=prepared).after(validate))
+            def training_task(task: dsl.PipelineTask) -> dsl.PipelineTask:
+                return in_image(training(task, retry_backoff_s, gpus_per_node, "launcher"))
+        else:
+            train = {"train_cgan": c.train_cgan, "train_vae": c.train_vae, "train_classifier": c.train_classifier}
+            launch = {}
+
+            def training_task(task: dsl.PipelineTask) -> dsl.PipelineTask:
+                return in_image(training(task, retry_backoff_s))
+
+        def trained(stage: str, **artifacts: Any) -> dsl.PipelineTask:
+            return train[stage](**logged(stage), workspace=workspace, prepared=prepared, **launch, **artifacts)
+
+        cgan = training_task(trained("train_cgan").after(validate))
+        vae = training_task(trained("train_vae").after(validate))
         models = {"cgan": cgan.outputs["cgan"], "vae": vae.outputs["vae"]}
-        classifier = training_task(c.train_classifier(**logged("train_classifier"), workspace=workspace,
-                                                      prepared=prepared, **models))
+        classifier = training_task(trained("train_classifier", **models))
         models["classifier"] = classifier.outputs["classifier"]
 
         evaluate = tracked(step(with_requests(c.evaluate(**logged("evaluate"), prepared=prepared, **models),

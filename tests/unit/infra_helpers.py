@@ -136,3 +136,47 @@ def interpolate(expression: str, values: dict[str, str]) -> str:
         return values[reference]
 
     return re.sub(r"\$\{([^}]+)\}", value, expression)
+
+
+# ---- custom resources ------------------------------------------------------------------------------
+TRAINER_CRDS = KUBEFLOW / "trainer" / "crds"
+
+
+def strict_schema(schema: Any) -> Any:
+    """A CRD's openAPIV3Schema that refuses unknown fields, as `kubectl apply --validate=strict` does.
+
+    The API server prunes unknown fields of a structural schema silently; JSON Schema accepts them unless
+    an object says `additionalProperties: false`, which this adds to every object schema with
+    `properties` (not to those that keep unknown fields, x-kubernetes-preserve-unknown-fields).
+    Not checked offline: the x-kubernetes-validations (CEL) rules and the webhooks.
+    """
+    if isinstance(schema, list):
+        return [strict_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {key: strict_schema(value) if key in ("items", "additionalProperties", "not", "allOf", "anyOf",
+                                                    "oneOf") else value for key, value in schema.items()}
+    if isinstance(schema.get("properties"), dict):
+        strict["properties"] = {name: strict_schema(value) for name, value in schema["properties"].items()}
+        if "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            strict["additionalProperties"] = False
+    return strict
+
+
+def crd_validator(plural: str):
+    """A jsonschema validator of the vendored Trainer CRD `plural` (trainjobs, clustertrainingruntimes).
+
+    jsonschema is a hard requirement here (requirements.lock): a missing one fails the tests, never skips them.
+    """
+    import jsonschema
+
+    (version,) = yaml.safe_load((TRAINER_CRDS / f"{plural}.yaml").read_text())["spec"]["versions"]
+    schema = strict_schema(version["schema"]["openAPIV3Schema"])
+    jsonschema.Draft4Validator.check_schema(schema)
+    return jsonschema.Draft4Validator(schema)
+
+
+def schema_errors(validator, obj: dict) -> list[str]:
+    """Every violation of `obj`, one line each: where, then what."""
+    return [f"{'/'.join(str(part) for part in error.absolute_path)}: {error.message}"
+            for error in validator.iter_errors(obj)]

@@ -92,12 +92,16 @@ def resolve_image(image: str | None, module: ModuleType) -> str:
 
 
 def compile_spec(repo: Path, params: Path, image: str | None = None) -> str:
-    """The compiled pipeline spec (YAML text), defaults from `params`, for `image`."""
+    """The compiled pipeline spec (YAML text), defaults from `params`, for `image`; its training stages run as
+    TrainJobs when params' distributed.nodes x gpus_per_node is above 1."""
     from kfp import compiler
 
     module = load_pipeline_module(repo)
-    pipeline = module.build_pipeline(params_text(params), task_params(Path(repo) / DVC_FILE),
-                                     resolve_image(image, module), presets=load_presets(repo))
+    text = params_text(params)
+    topology = parse_config(json.loads(text)).distributed  # > 1 process: TrainJob launchers (build_pipeline)
+    pipeline = module.build_pipeline(text, task_params(Path(repo) / DVC_FILE), resolve_image(image, module),
+                                     presets=load_presets(repo), nodes=topology.nodes,
+                                     gpus_per_node=topology.gpus_per_node)
     with tempfile.TemporaryDirectory(prefix="crypson-compile-") as work:
         target = Path(work) / "pipeline.yaml"
         compiler.Compiler().compile(pipeline, str(target))

@@ -191,16 +191,20 @@ def copy_path(source: Path, destination: Path) -> None:
         shutil.copy2(source, destination)
 
 
+def run_environment(run_id: str, git_commit: str) -> dict[str, str]:
+    """What the CLI reads to tag MLflow runs (the set ones): KFP_RUN_ID becomes the `kfp_run_id` tag and
+    CRYPSON_EXECUTION_ID groups the stages of one KFP run under one MLflow parent run; CRYPSON_GIT_COMMIT
+    replaces `git rev-parse` (no .git in an image)."""
+    wanted = {"KFP_RUN_ID": run_id, "CRYPSON_EXECUTION_ID": run_id, "CRYPSON_GIT_COMMIT": git_commit}
+    return {key: value for key, value in wanted.items() if value}
+
+
 @contextmanager
 def task_environment(run_id: str, git_commit: str) -> Iterator[None]:
-    """Set what the CLI reads to tag MLflow runs, for the duration of one stage.
-
-    KFP_RUN_ID becomes the `kfp_run_id` tag and CRYPSON_EXECUTION_ID groups the stages of one KFP
-    run under one MLflow parent run; CRYPSON_GIT_COMMIT replaces `git rev-parse` (no .git in an image).
-    """
-    wanted = {"KFP_RUN_ID": run_id, "CRYPSON_EXECUTION_ID": run_id, "CRYPSON_GIT_COMMIT": git_commit}
+    """Set run_environment's variables for the duration of one stage (in this process)."""
+    wanted = run_environment(run_id, git_commit)
     saved = {key: os.environ.get(key) for key in wanted}
-    os.environ.update({key: value for key, value in wanted.items() if value})
+    os.environ.update(wanted)
     try:
         yield
     finally:
