@@ -73,7 +73,7 @@ resource "google_container_node_pool" "gpu" {
 
     guest_accelerator {
       type  = var.gpu_type
-      count = 1
+      count = var.gpu_count
       gpu_driver_installation_config {
         gpu_driver_version = "LATEST" # torch 2.14's CUDA 13 wheels need a recent (>= 580) driver
       }

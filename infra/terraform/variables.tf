@@ -55,8 +55,18 @@ variable "gpu_machine_type" {
   default     = "g2-standard-8"
 }
 
+variable "gpu_count" {
+  description = "GPUs a node of the GPU pool carries: params' distributed.gpus_per_node must not exceed it. 4 L4s: g2-standard-48."
+  type        = number
+  default     = 1
+  validation {
+    condition     = contains([1, 2, 4, 8], var.gpu_count)
+    error_message = "gpu_count must be 1, 2, 4 or 8."
+  }
+}
+
 variable "gpu_max_nodes" {
-  description = "Upper bound of the GPU pool's autoscaler (one GPU a node; DDP pods = nodes)."
+  description = "Upper bound of the GPU pool's autoscaler (TrainJob nodes = distributed.nodes per training stage)."
   type        = number
   default     = 2
 }

@@ -1,7 +1,8 @@
 """Offline checks of infra/: kustomize builds, strict Kubernetes schemas, and what schemas cannot see.
 
 The schema check (kubernetes-validate, strict) runs against the Kubernetes minor of GKE's regular
-channel that infra/terraform asks for. The other checks are cross-file: GPU pods must tolerate the
+channel that infra/terraform asks for; Kubeflow Trainer's custom resources are checked against its vendored
+CRDs (infra/kubeflow/trainer/crds/), strictly too. A missing validator fails the tests instead of skipping them. The other checks are cross-file: GPU pods must tolerate the
 taint and select the pool that Terraform creates, every Secret reference must name a key that the
 Secret templates define, images must be pinned (and none is MinIO's). Each check is a small function
 that returns the violations, tested on a known-bad object too, so that a check that cannot fail is
@@ -19,14 +20,17 @@ import sys
 import pytest
 import yaml
 
-from tests.unit.infra_helpers import (K8S, KUBEFLOW, KUSTOMIZATIONS, REPO, TERRAFORM, containers, find,
-                                      pod_specs, read_env_file, secret_templates)
+from tests.unit.infra_helpers import (K8S, KUBEFLOW, KUSTOMIZATIONS, REPO, TERRAFORM, containers, crd_validator, find,
+                                      pod_specs, read_env_file, schema_errors, secret_templates)
 
 KUBERNETES_VERSION = "1.33.0"  # GKE regular channel's minor at the time of writing
 GPU_RESOURCE = "nvidia.com/gpu"
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 BUILTIN_GROUPS = ("v1", "apps/v1", "batch/v1", "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1")
+# Custom resources with a vendored CRD (infra/kubeflow/trainer/crds/, Kubeflow Trainer v2.3.0): (apiVersion, kind) -> plural
+VENDORED_CRDS = {("trainer.kubeflow.org/v1alpha1", "TrainJob"): "trainjobs",
+                 ("trainer.kubeflow.org/v1alpha1", "ClusterTrainingRuntime"): "clustertrainingruntimes"}
 
 
 # ---- what the checks read -------------------------------------------------------------------
@@ -153,9 +157,10 @@ def rendered(k8s_builds: dict[str, list[dict]]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def extra_manifests() -> list[dict]:
-    """Plain manifests applied with `kubectl apply -f` (infra/kubeflow/*.yaml, e.g. the DDP PyTorchJob)."""
+    """Plain manifests applied with `kubectl apply -f` (infra/kubeflow/*.yaml, e.g. the legacy DDP PyTorchJob;
+    infra/kubeflow/trainer/*.yaml: RBAC, the torch runtime, the example TrainJob; not the vendored CRDs)."""
     objects = []
-    for path in sorted(KUBEFLOW.glob("*.yaml")):
+    for path in sorted([*KUBEFLOW.glob("*.yaml"), *(KUBEFLOW / "trainer").glob("*.yaml")]):
         objects += [obj for obj in yaml.safe_load_all(path.read_text()) if obj and "kind" in obj]
     return objects
 
@@ -200,11 +205,16 @@ def test_pipeline_secret_holds_exactly_the_keys_the_steps_read(k8s_builds: dict[
 
 
 def test_objects_pass_the_strict_schema(rendered: list[dict], extra_manifests: list[dict]) -> None:
-    validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+    import kubernetes_validate as validate  # requirements.lock: a missing validator fails, never skips
+
+    kinds = {obj["kind"] for obj in extra_manifests}
+    assert {"Role", "RoleBinding", "TrainJob", "ClusterTrainingRuntime"} <= kinds, "infra/kubeflow/trainer unread"
     for obj in rendered + extra_manifests:
         if obj["apiVersion"] in BUILTIN_GROUPS:
             validate.validate(obj, KUBERNETES_VERSION, strict=True)
-        else:  # a custom resource: no bundled schema, so each pod template is checked as a Pod
+        elif (obj["apiVersion"], obj["kind"]) in VENDORED_CRDS:  # Kubeflow Trainer's: its vendored CRD schema
+            assert schema_errors(crd_validator(VENDORED_CRDS[obj["apiVersion"], obj["kind"]]), obj) == [], label(obj)
+        else:  # a custom resource without a vendored schema (the legacy PyTorchJob): each pod template as a Pod
             for where, pod in pod_specs(obj):
                 validate.validate({"apiVersion": "v1", "kind": "Pod",
                                    "metadata": {"name": f"{obj['metadata']['name']}-{where.lower()}"},
