@@ -146,6 +146,12 @@ def test_split_params_component_outputs_are_the_runtime_tasks_in_order():
     assert stages.split_params.__annotations__["return"]._fields == runtime.PARAMS_TASKS
 
 
+def test_run_environment_names_the_run_and_leaves_out_what_is_unset():
+    assert runtime.run_environment("run-1", "abc") == {"KFP_RUN_ID": "run-1", "CRYPSON_EXECUTION_ID": "run-1",
+                                                       "CRYPSON_GIT_COMMIT": "abc"}
+    assert runtime.run_environment("run-1", "") == {"KFP_RUN_ID": "run-1", "CRYPSON_EXECUTION_ID": "run-1"}
+
+
 def test_run_stage_refuses_unknown_names():
     with pytest.raises(ValueError, match="unknown stage 'train'"):
         runtime.run_stage("train", tiny_params(), {}, {})

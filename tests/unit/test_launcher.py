@@ -187,3 +187,18 @@ def test_stage_root_is_in_the_workspace():
     assert launcher.stage_root("/kfp-workspace", "train_cgan") == Path("/kfp-workspace/trainjobs/train_cgan")
     with pytest.raises(ValueError, match="not an absolute path"):
         launcher.stage_root("kfp-workspace", "train_cgan")
+
+
+def test_inputs_are_laid_out_only_for_a_trainjob_about_to_be_created():
+    """Re-copying the inputs under a running TrainJob would truncate files its ranks may be reading."""
+    laid_out = []
+    running = {**manifest(), "status": done("Complete")}
+    launcher.run_to_completion(FakeTrainJobs(existing=running), manifest(), poll_s=0, sleep=lambda s: None,
+                               log=lambda line: None, before_create=lambda: laid_out.append("attached"))
+    assert laid_out == []
+    failed = {**manifest(), "status": done("Failed", "BackoffLimitExceeded", "")}
+    jobs = FakeTrainJobs(existing=failed)
+    jobs.on_create = lambda created: laid_out.append("created")
+    launcher.run_to_completion(jobs, manifest(), poll_s=0, sleep=lambda s: None, log=lambda line: None,
+                               before_create=lambda: laid_out.append("laid out"))
+    assert laid_out == ["laid out", "created"]

@@ -141,10 +141,18 @@ def test_launchers_retry_and_outlive_their_trainjobs_deadline(parsed):
         assert not tasks[task].caching_options.enable_cache, task  # rank 0 logs an MLflow run
 
 
-def test_the_default_spec_keeps_training_in_its_tasks():
-    spec, _, _ = parse((REPO / "pipelines" / "crypson_pipeline.yaml").read_text())
-    assert set(TRAINING) <= set(all_tasks(spec)) and not set(LAUNCHERS) & set(all_tasks(spec))
-    assert not any(component.task_config_passthroughs for component in spec.components.values())
+def test_the_default_spec_keeps_training_in_its_tasks_and_launchers_return_the_same_artifacts(parsed):
+    default, _, _ = parse((REPO / "pipelines" / "crypson_pipeline.yaml").read_text())
+    assert set(TRAINING) <= set(all_tasks(default)) and not set(LAUNCHERS) & set(all_tasks(default))
+    assert not any(component.task_config_passthroughs for component in default.components.values())
+    spec, _, _ = parsed
+    for task in TRAINING:  # what the rest of the pipeline sees of a training task: the same outputs and inputs
+        single = default.components[all_tasks(default)[task].component_ref.name]
+        launcher = spec.components[all_tasks(spec)[f"{task}-trainjob"].component_ref.name]
+        assert launcher.output_definitions == single.output_definitions, task
+        assert set(launcher.input_definitions.artifacts) == set(single.input_definitions.artifacts), task
+        assert set(launcher.input_definitions.parameters) == set(single.input_definitions.parameters) | {
+            "image", "deadline_s", "task_config"}, task
 
 
 def test_no_credential_in_the_distributed_spec(distributed_spec):

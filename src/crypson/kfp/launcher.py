@@ -2,7 +2,8 @@
 
 The launcher pod itself trains nothing and holds no GPU. It lays the stage's input artifacts out in the
 run's workspace (a Layout under `trainjobs/<stage>/`, on the PVC that KFP passes through to the TrainJob),
-creates the TrainJob (crypson.kfp.trainjob.manifest), polls it until its `Complete` or `Failed` condition,
+creates the TrainJob (crypson.kfp.trainjob.manifest), polls it until its `Complete` or `Failed` condition
+(polling a get every 30 s: a watch would add reconnects and resource versions for no gain at that pace),
 and copies the stage's outputs from the workspace to the task's output artifacts, as the single-GPU
 component (crypson.kfp.runtime.run_stage) copies them from its temporary folder. Rank 0 of the TrainJob
 logs the MLflow run and registers the model, exactly as a single process does.
@@ -100,9 +101,13 @@ def _failure(job: Mapping[str, Any], failed: Mapping[str, Any]) -> str:
 
 
 def run_to_completion(jobs: TrainJobs, manifest: dict, poll_s: float = POLL_S,
-                      sleep: Callable[[float], None] = time.sleep, log: Callable[[str], None] = print) -> dict:
+                      sleep: Callable[[float], None] = time.sleep, log: Callable[[str], None] = print,
+                      before_create: Callable[[], None] = lambda: None) -> dict:
     """Create the TrainJob (or attach to this run's earlier one) and wait for it to end.
 
+    Args:
+        before_create: what to do just before creating it (lay its inputs out): never while an earlier
+            attempt's TrainJob runs on them.
     Returns:
         The completed TrainJob.
     Raises:
@@ -117,6 +122,7 @@ def run_to_completion(jobs: TrainJobs, manifest: dict, poll_s: float = POLL_S,
             sleep(poll_s)
         job = None
     if job is None:
+        before_create()
         jobs.create(manifest)
         log(f"TrainJob {name}: created ({manifest['spec']['trainer']['numNodes']} nodes x "
             f"{manifest['spec']['trainer']['numProcPerNode']} processes)")
@@ -177,9 +183,12 @@ def run_stage(stage: str, params: str, inputs: Mapping[str, str], outputs: Mappi
     config = runtime.load_params(params)
     runtime.check_tracking(config, os.environ)
     layout = Layout(stage_root(workspace, stage))
-    for name, path in inputs.items():
-        runtime.copy_path(Path(path), runtime.ARTIFACTS[name](layout))
-    atomic_write_bytes(layout.root / "params.json", params.encode())  # the bytes the stage's execution key hashes
+
+    def lay_out_inputs() -> None:
+        for name, path in inputs.items():
+            runtime.copy_path(Path(path), runtime.ARTIFACTS[name](layout))
+        atomic_write_bytes(layout.root / "params.json", params.encode())  # the bytes its execution key hashes
+
     topology = config.distributed
     manifest = trainjob.manifest(
         stage=stage, run_id=run_id, image=image, root=str(layout.root), nodes=topology.nodes,
@@ -188,7 +197,7 @@ def run_stage(stage: str, params: str, inputs: Mapping[str, str], outputs: Mappi
         runtime=topology.runtime, run_env=runtime.run_environment(run_id, git_commit))
     jobs = KubernetesTrainJobs(manifest["metadata"]["namespace"]) if jobs is None else jobs
     with deleted_on_termination(jobs, manifest["metadata"]["name"]):
-        run_to_completion(jobs, manifest, poll_s)
+        run_to_completion(jobs, manifest, poll_s, before_create=lay_out_inputs)
     for name, path in outputs.items():
         runtime.copy_path(runtime.ARTIFACTS[name](layout), Path(path))
     return json.loads(runtime.RESULTS[stage](layout).read_text())
