@@ -108,47 +108,34 @@ def train_cgan_trainjob(params: str, run_id: str, git_commit: str, workspace: st
                         prepared: Input[Dataset], cgan: Output[Model], metrics: Output[Metrics],
                         task_config: TaskConfig):
     """train_cgan on several GPUs: a Kubeflow Trainer TrainJob that this task launches and waits for."""
-    from dataclasses import asdict
+    from crypson.kfp import launcher
 
-    from crypson.kfp import launcher, runtime
-
-    results = launcher.run_stage("train_cgan", params, {"prepared": prepared.path}, {"cgan": cgan.path},
-                                 run_id=run_id, git_commit=git_commit, workspace=workspace, image=image,
-                                 task_config=asdict(task_config), deadline_s=deadline_s)
-    runtime.log_metrics(metrics, results)
-    cgan.metadata.update(runtime.registration(cgan.path))
+    launcher.run_component("train_cgan", params, {"prepared": prepared.path}, cgan, metrics, run_id=run_id,
+                           git_commit=git_commit, workspace=workspace, image=image, task_config=task_config,
+                           deadline_s=deadline_s)
 
 
 def train_vae_trainjob(params: str, run_id: str, git_commit: str, workspace: str, image: str, deadline_s: int,
                        prepared: Input[Dataset], vae: Output[Model], metrics: Output[Metrics],
                        task_config: TaskConfig):
     """train_vae on several GPUs: a Kubeflow Trainer TrainJob that this task launches and waits for."""
-    from dataclasses import asdict
+    from crypson.kfp import launcher
 
-    from crypson.kfp import launcher, runtime
-
-    results = launcher.run_stage("train_vae", params, {"prepared": prepared.path}, {"vae": vae.path},
-                                 run_id=run_id, git_commit=git_commit, workspace=workspace, image=image,
-                                 task_config=asdict(task_config), deadline_s=deadline_s)
-    runtime.log_metrics(metrics, results)
-    vae.metadata.update(runtime.registration(vae.path))
+    launcher.run_component("train_vae", params, {"prepared": prepared.path}, vae, metrics, run_id=run_id,
+                           git_commit=git_commit, workspace=workspace, image=image, task_config=task_config,
+                           deadline_s=deadline_s)
 
 
 def train_classifier_trainjob(params: str, run_id: str, git_commit: str, workspace: str, image: str,
                               deadline_s: int, prepared: Input[Dataset], cgan: Input[Model], vae: Input[Model],
                               classifier: Output[Model], metrics: Output[Metrics], task_config: TaskConfig):
     """train_classifier on several GPUs: a Kubeflow Trainer TrainJob that this task launches and waits for."""
-    from dataclasses import asdict
+    from crypson.kfp import launcher
 
-    from crypson.kfp import launcher, runtime
-
-    results = launcher.run_stage("train_classifier", params,
-                                 {"prepared": prepared.path, "cgan": cgan.path, "vae": vae.path},
-                                 {"classifier": classifier.path}, run_id=run_id, git_commit=git_commit,
-                                 workspace=workspace, image=image, task_config=asdict(task_config),
-                                 deadline_s=deadline_s)
-    runtime.log_metrics(metrics, results)
-    classifier.metadata.update(runtime.registration(classifier.path))
+    launcher.run_component("train_classifier", params, {"prepared": prepared.path, "cgan": cgan.path,
+                                                        "vae": vae.path}, classifier, metrics, run_id=run_id,
+                           git_commit=git_commit, workspace=workspace, image=image, task_config=task_config,
+                           deadline_s=deadline_s)
 
 
 def evaluate(params: str, run_id: str, git_commit: str, prepared: Input[Dataset], cgan: Input[Model],

@@ -194,19 +194,28 @@ def test_every_task_runs_the_project_image(parsed):
     assert {deployment.executors[label].container.image for label in labels} == {PIPELINE.DEFAULT_IMAGE}
 
 
+def gpu_placement(parsed, task: str) -> dict:
+    """A task's accelerator, CPU and memory (requests, limits), node selector and tolerations, from the spec."""
+    spec, deployment, kubernetes = parsed
+    label = executor_of(spec, task)
+    resources, config = deployment.executors[label].container.resources, kubernetes[label]
+    return {"accelerator": (resources.accelerator.resource_type, resources.accelerator.resource_count),
+            "requests": (resources.resource_cpu_request, resources.resource_memory_request),
+            "limits": (resources.resource_cpu_limit, resources.resource_memory_limit),
+            "node_selector": dict(config.node_selector.labels),
+            "tolerations": [(t.key, t.operator, t.value, t.effect) for t in config.tolerations]}
+
+
+# The GPU pool that infra/terraform creates, as every GPU task selects and tolerates it.
+GPU_POOL = {"node_selector": dict([PIPELINE.GPU_NODE_LABEL]),
+            "tolerations": [("nvidia.com/gpu", "Equal", "present", "NoSchedule")]}
+
+
 def test_training_tasks_run_on_one_gpu_of_the_gpu_pool(parsed):
     spec, deployment, kubernetes = parsed
-    key, value = PIPELINE.GPU_NODE_LABEL
     for task in TRAINING:
-        label = executor_of(spec, task)
-        resources = deployment.executors[label].container.resources
-        assert resources.accelerator.resource_type == "nvidia.com/gpu", task
-        assert resources.accelerator.resource_count == "1", task
-        assert (resources.resource_cpu_request, resources.resource_memory_request) == ("4", "16Gi"), task
-        config = kubernetes[label]
-        assert dict(config.node_selector.labels) == {key: value}, task
-        assert [(t.key, t.operator, t.value, t.effect) for t in config.tolerations] == [
-            ("nvidia.com/gpu", "Equal", "present", "NoSchedule")], task
+        assert gpu_placement(parsed, task) == {"accelerator": ("nvidia.com/gpu", "1"), "requests": ("4", "16Gi"),
+                                               "limits": ("8", "32Gi"), **GPU_POOL}, task
     for task in set(all_tasks(spec)) - set(TRAINING) - {"condition-1"}:
         label = executor_of(spec, task)
         assert not deployment.executors[label].container.resources.accelerator.resource_type, task

@@ -137,6 +137,29 @@ def test_run_stage_lays_out_inputs_in_the_workspace_and_returns_the_stages_outpu
     assert {"name": "CRYPSON_GIT_COMMIT", "value": "abc"} in created["spec"]["trainer"]["env"]
 
 
+def test_the_component_body_fills_the_model_and_metrics_artifacts(tmp_path, monkeypatch):
+    """run_component with kfp's own TaskConfig and artifacts: what a `<stage>_trainjob` component runs."""
+    from kfp.dsl import Metrics, Model, TaskConfig
+
+    model, metrics = Model(uri="", name="vae"), Metrics(uri="", name="metrics")
+    model.path = str(tmp_path / "vae")  # what the KFP executor sets from the task's output artifact
+    seen = {}
+
+    def run_stage(stage, params, inputs, outputs, **launch):
+        seen.update(stage=stage, outputs=outputs, launch=launch)
+        Path(outputs["vae"]).mkdir()
+        (Path(outputs["vae"]) / "registration.json").write_text('{"name": "crypson-vae", "version": "7"}')
+        return {"loss": 0.25, "note": "text is not a metric"}
+
+    monkeypatch.setattr(launcher, "run_stage", run_stage)
+    config = TaskConfig(node_selector={"cloud.google.com/gke-nodepool": "gpu-pool"})
+    launcher.run_component("train_vae", "{}", {"prepared": "/p"}, model, metrics, config, run_id=RUN_ID,
+                           git_commit="", workspace="/kfp-workspace", image="img:1", deadline_s=60)
+    assert seen["stage"] == "train_vae" and seen["outputs"] == {"vae": model.path}
+    assert seen["launch"]["task_config"]["node_selector"] == {"cloud.google.com/gke-nodepool": "gpu-pool"}
+    assert model.metadata == {"name": "crypson-vae", "version": "7"} and metrics.metadata == {"loss": 0.25}
+
+
 def test_run_stage_refuses_a_relative_embedded_tracking_store_before_launching(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     jobs = FakeTrainJobs()

@@ -19,7 +19,7 @@ from crypson.kfp import trainjob
 from crypson.kfp.project import compile_spec
 from tests.unit.infra_helpers import KUBEFLOW, crd_validator, schema_errors
 from tests.unit.test_infra import gpu_violations, terraform_gpu_pool
-from tests.unit.test_kfp_spec import PIPELINE, REPO, TRAINING, all_tasks, executor_of, parse
+from tests.unit.test_kfp_spec import GPU_POOL, PIPELINE, REPO, TRAINING, all_tasks, executor_of, gpu_placement, parse
 
 NODES, GPUS = 2, 4
 LAUNCHERS = tuple(f"{task}-trainjob" for task in TRAINING)
@@ -112,18 +112,11 @@ def test_launchers_pass_placement_env_and_volumes_through_to_the_trainjob(parsed
 
 def test_launchers_ask_for_each_nodes_gpus_on_the_gpu_pool(parsed):
     spec, deployment, kubernetes = parsed
-    key, value = PIPELINE.GPU_NODE_LABEL
-    for task in LAUNCHERS:
+    for task in LAUNCHERS:  # each node's: 4 GPUs and 4 times a training task's CPU and memory
+        assert gpu_placement(parsed, task) == {"accelerator": ("nvidia.com/gpu", "4"), "requests": ("16", "64Gi"),
+                                               "limits": ("32", "128Gi"), **GPU_POOL}, task
         label = executor_of(spec, task)
-        resources = deployment.executors[label].container.resources
-        assert (resources.accelerator.resource_type, resources.accelerator.resource_count) == ("nvidia.com/gpu", "4")
-        assert (resources.resource_cpu_request, resources.resource_memory_request) == ("16", "64Gi"), task
-        assert (resources.resource_cpu_limit, resources.resource_memory_limit) == ("32", "128Gi"), task
-        config = kubernetes[label]
-        assert dict(config.node_selector.labels) == {key: value}, task
-        assert [(t.key, t.operator, t.value, t.effect) for t in config.tolerations] == [
-            ("nvidia.com/gpu", "Equal", "present", "NoSchedule")], task
-        (secret,) = config.secret_as_env
+        (secret,) = kubernetes[label].secret_as_env
         assert secret.secret_name == PIPELINE.MLFLOW_SECRET, task
         assert not {env.name for env in deployment.executors[label].container.env} & set(PIPELINE.MLFLOW_SECRET_KEYS)
 

@@ -22,6 +22,7 @@ Creating, reading and deleting TrainJobs needs RBAC for the pipeline runner's se
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -201,3 +202,22 @@ def run_stage(stage: str, params: str, inputs: Mapping[str, str], outputs: Mappi
     for name, path in outputs.items():
         runtime.copy_path(runtime.ARTIFACTS[name](layout), Path(path))
     return json.loads(runtime.RESULTS[stage](layout).read_text())
+
+
+def run_component(stage: str, params: str, inputs: Mapping[str, str], model: Any, metrics: Any,
+                  task_config: Any, **launch: Any) -> None:
+    """The body of a TrainJob launcher component (components/stages.py, `<stage>_trainjob`).
+
+    Args:
+        stage: the training stage; its model artifact is named as the stage's model (cgan, vae, classifier).
+        params, inputs: as for run_stage.
+        model, metrics: the component's Output[Model] and Output[Metrics] (kfp artifacts: `path`, `metadata`,
+            `log_metric`), filled as the single-GPU component fills them.
+        task_config: the component's dsl.TaskConfig (a dataclass), what KFP passed through.
+        launch: run_stage's keyword arguments (run_id, git_commit, workspace, image, deadline_s).
+    """
+    results = run_stage(stage, params, inputs, {stage.removeprefix("train_"): model.path},
+                        task_config=dataclasses.asdict(task_config), **launch)
+    runtime.log_metrics(metrics, results)
+    model.metadata.update(runtime.registration(model.path))
+
