@@ -7,7 +7,9 @@ The stages are the components of components/stages.py (each calls crypson.stages
 decides what runs after what, where (the training steps on the GPU node pool), with which
 credentials (a Kubernetes Secret, never a value in the spec), what KFP may cache, how long a step
 may run and which steps retry. `crypson pipeline compile` writes pipelines/crypson_pipeline.yaml
-from it, with params.yaml as the default of the `params` argument.
+from it, with params.yaml as the default of the `params` argument. Compiled from params whose
+`distributed` section asks for more than one GPU, the three training steps are TrainJob launchers
+instead (build_pipeline says how).
 
 Params, cached like DVC: each task receives only the params keys its stage reads, the lists of
 dvc.yaml (`task_params`, read from it at compile time; tests/unit/test_dvc_yaml.py checks them
@@ -156,7 +158,8 @@ def build_pipeline(params: str, task_params: dict[str, list[str]], image: str = 
     TrainJob's per-node GPUs are a resource of the task, fixed in the spec, and one kind of training task
     keeps the spec's wiring, cache keys and tests as they are. A run whose params ask for another topology
     than the spec's fails loudly: a single-GPU stage refuses params above one process
-    (crypson.train.distributed.check_world), a launcher GPUs per node other than the task's.
+    (crypson.train.distributed.check_world), a launcher refuses a gpus_per_node other than its task's GPUs
+    (crypson.kfp.trainjob.manifest); the number of nodes is the run's own (it is no resource of the task).
 
     Args:
         params: params.yaml text; every stage reads its settings from it, as under `dvc repro`.
