@@ -225,3 +225,46 @@ def test_inputs_are_laid_out_only_for_a_trainjob_about_to_be_created():
     launcher.run_to_completion(jobs, manifest(), poll_s=0, sleep=lambda s: None, log=lambda line: None,
                                before_create=lambda: laid_out.append("laid out"))
     assert laid_out == ["laid out", "created"]
+
+
+def test_kfps_executor_runs_a_launcher_component_with_the_task_config_the_backend_injects(tmp_path, monkeypatch):
+    """kfp's own executor (what `python -m kfp.dsl.executor_main` runs in the pod) on a launcher component: the
+    backend's TaskConfig struct (camelCase, as driver.go marshals it) reaches the launcher as snake_case fields,
+    and the output artifacts carry the registration and metrics, as from the single-GPU component."""
+    from kfp.dsl.executor import Executor
+
+    from crypson.kfp.project import load_pipeline_module
+
+    load_pipeline_module(Path(__file__).resolve().parents[2])  # puts components/ on sys.path
+    from components import stages
+
+    seen = {}
+
+    def run_stage(stage, params, inputs, outputs, **launch):
+        seen.update(stage=stage, inputs=inputs, task_config=launch["task_config"], image=launch["image"])
+        Path(outputs["vae"]).mkdir(parents=True)
+        (Path(outputs["vae"]) / "registration.json").write_text('{"name": "crypson-vae", "version": "2"}')
+        return {"val_loss": 0.5}
+
+    monkeypatch.setattr(launcher, "run_stage", run_stage)
+
+    def artifact(name: str, kind: str) -> dict:
+        return {"artifacts": [{"name": name, "type": {"schemaTitle": f"system.{kind}"}, "uri": str(tmp_path / name),
+                               "metadata": {}}]}
+
+    task_config = {"nodeSelector": {"cloud.google.com/gke-nodepool": "gpu-pool"},
+                   "resources": {"limits": {"nvidia.com/gpu": "4"}},
+                   "volumeMounts": [{"name": "kfp-workspace", "mountPath": "/kfp-workspace"}]}
+    executor_input = {
+        "inputs": {"parameterValues": {"params": "{}", "run_id": RUN_ID, "git_commit": "", "image": "img:1",
+                                       "workspace": "/kfp-workspace", "deadline_s": 60, "task_config": task_config},
+                   "artifacts": {"prepared": artifact("prepared", "Dataset")}},
+        "outputs": {"artifacts": {"vae": artifact("vae", "Model"), "metrics": artifact("metrics", "Metrics")},
+                    "outputFile": str(tmp_path / "out" / "executor_output.json")}}
+    Executor(executor_input, stages.train_vae_trainjob).execute()
+    assert seen["stage"] == "train_vae" and seen["inputs"] == {"prepared": str(tmp_path / "prepared")}
+    assert seen["task_config"]["node_selector"] == {"cloud.google.com/gke-nodepool": "gpu-pool"}
+    assert seen["task_config"]["volume_mounts"] == task_config["volumeMounts"] and seen["image"] == "img:1"
+    written = json.loads((tmp_path / "out" / "executor_output.json").read_text())["artifacts"]
+    assert written["vae"]["artifacts"][0]["metadata"] == {"name": "crypson-vae", "version": "2"}
+    assert written["metrics"]["artifacts"][0]["metadata"] == {"val_loss": 0.5}
