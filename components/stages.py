@@ -8,11 +8,11 @@ inside themselves because KFP ships each function's source alone into the contai
 
 Every stage's `params` is the JSON of only the params keys it reads (its dvc.yaml list), one output
 of `split_params`, which runs first on the pipeline's whole `params` argument: KFP's cache key of a
-task is made of its input values, so a change to `vae.lr` leaves the data tasks' keys as they were.
-Data stages take no run id, so KFP's cache can reuse them across runs; stages that log to MLflow
-take the KFP run id (`run_id`) and the code's commit, which become MLflow tags. Training stages also take
-the run's `workspace` (KFP's workspace volume), where their checkpoints outlive a killed pod. Each training
-stage has a second component, `<stage>_trainjob`, for more than one GPU: it runs the same stage as a Kubeflow
+task is made of its input values, so a change to `vae.lr` leaves the other stages' keys as they were.
+No stage takes the KFP run id as an input (it would change every task's key every run): the stages that
+log to MLflow read it from KFP_RUN_ID, which the pipeline sets from the pod's label, and take the code's
+commit; both become MLflow tags. Training stages keep their checkpoints in CRYPSON_CHECKPOINTS, a volume
+that outlives a killed pod (crypson.kfp.runtime.task_checkpoints). Each training stage has a second component, `<stage>_trainjob`, for more than one GPU: it runs the same stage as a Kubeflow
 Trainer TrainJob (crypson.kfp.launcher) and returns the same artifacts, so the pipeline wires either alike.
 No `from __future__ import annotations` here: KFP reads the annotations as types.
 """
@@ -69,37 +69,35 @@ def validate(params: str, prepared: Input[Dataset], report: Output[Artifact], da
     report.metadata["success"] = result["success"]
 
 
-def train_cgan(params: str, run_id: str, git_commit: str, workspace: str, prepared: Input[Dataset],
+def train_cgan(params: str, git_commit: str, prepared: Input[Dataset],
                cgan: Output[Model], metrics: Output[Metrics]):
     """Train and register the conditional GAN (`crypson-cgan`)."""
     from crypson.kfp import runtime
 
     results = runtime.run_stage("train_cgan", params, {"prepared": prepared.path}, {"cgan": cgan.path},
-                                run_id=run_id, git_commit=git_commit, workspace=workspace)
+                                git_commit=git_commit)
     runtime.log_metrics(metrics, results)
     cgan.metadata.update(runtime.registration(cgan.path))
 
 
-def train_vae(params: str, run_id: str, git_commit: str, workspace: str, prepared: Input[Dataset],
+def train_vae(params: str, git_commit: str, prepared: Input[Dataset],
               vae: Output[Model], metrics: Output[Metrics]):
     """Train and register the VAE (`crypson-vae`)."""
     from crypson.kfp import runtime
 
     results = runtime.run_stage("train_vae", params, {"prepared": prepared.path}, {"vae": vae.path},
-                                run_id=run_id, git_commit=git_commit, workspace=workspace)
+                                git_commit=git_commit)
     runtime.log_metrics(metrics, results)
     vae.metadata.update(runtime.registration(vae.path))
 
 
-def train_classifier(params: str, run_id: str, git_commit: str, workspace: str, prepared: Input[Dataset],
-                     cgan: Input[Model], vae: Input[Model], classifier: Output[Model], metrics: Output[Metrics]):
+def train_classifier(params: str, git_commit: str, prepared: Input[Dataset], cgan: Input[Model], vae: Input[Model], classifier: Output[Model], metrics: Output[Metrics]):
     """Train and register the latent classifier over the VAE's frozen decoder (`crypson-classifier`)."""
     from crypson.kfp import runtime
 
     results = runtime.run_stage("train_classifier", params,
                                 {"prepared": prepared.path, "cgan": cgan.path, "vae": vae.path},
-                                {"classifier": classifier.path}, run_id=run_id, git_commit=git_commit,
-                                workspace=workspace)
+                                {"classifier": classifier.path}, git_commit=git_commit)
     runtime.log_metrics(metrics, results)
     classifier.metadata.update(runtime.registration(classifier.path))
 
@@ -138,7 +136,7 @@ def train_classifier_trainjob(params: str, run_id: str, git_commit: str, workspa
                            deadline_s=deadline_s)
 
 
-def evaluate(params: str, run_id: str, git_commit: str, prepared: Input[Dataset], cgan: Input[Model],
+def evaluate(params: str, git_commit: str, prepared: Input[Dataset], cgan: Input[Model],
              vae: Input[Model], classifier: Input[Model], metrics: Output[Metrics],
              confusion_real: Output[ClassificationMetrics],
              confusion_generated: Output[ClassificationMetrics]) -> dict:
@@ -148,13 +146,13 @@ def evaluate(params: str, run_id: str, git_commit: str, prepared: Input[Dataset]
     inputs = {"prepared": prepared.path, "cgan": cgan.path, "vae": vae.path, "classifier": classifier.path}
     results = runtime.run_stage("evaluate", params, inputs, {"confusion_real": confusion_real.path,
                                                              "confusion_generated": confusion_generated.path},
-                                run_id=run_id, git_commit=git_commit)
+                                git_commit=git_commit)
     for confusion in (confusion_real, confusion_generated):
         confusion.log_confusion_matrix(*runtime.confusion_matrix(confusion.path, prepared.path))
     return runtime.log_metrics(metrics, results)
 
 
-def attack(params: str, run_id: str, git_commit: str, evaluation: dict, prepared: Input[Dataset],
+def attack(params: str, git_commit: str, evaluation: dict, prepared: Input[Dataset],
            cgan: Input[Model], vae: Input[Model], classifier: Input[Model], metrics: Output[Metrics],
            report: Output[Markdown], security_report: Output[Artifact], security_page: Output[HTML]) -> dict:
     """Every attacker against every mask scheme; the advantage per scheme; the security-and-quality report
@@ -164,7 +162,7 @@ def attack(params: str, run_id: str, git_commit: str, evaluation: dict, prepared
     inputs = {"prepared": prepared.path, "cgan": cgan.path, "vae": vae.path, "classifier": classifier.path}
     outputs = {"attack_report": report.path, "security_report": security_report.path,
                "security_page": security_page.path}
-    results = runtime.run_stage("attack", params, inputs, outputs, run_id=run_id, git_commit=git_commit,
+    results = runtime.run_stage("attack", params, inputs, outputs, git_commit=git_commit,
                                 results={"evaluate": evaluation})
     return runtime.log_metrics(metrics, results)
 
@@ -176,13 +174,13 @@ def gate(params: str, evaluation: dict, attacks: dict) -> bool:
     return runtime.gates_pass(params, evaluation, attacks)
 
 
-def promote(params: str, run_id: str, git_commit: str, evaluation: dict, attacks: dict, prepared: Input[Dataset],
+def promote(params: str, git_commit: str, evaluation: dict, attacks: dict, prepared: Input[Dataset],
             cgan: Input[Model], vae: Input[Model], classifier: Input[Model], decision: Output[Artifact]):
     """Move the `champion` alias to this run's three registered versions (the gates are checked again)."""
     from crypson.kfp import runtime
 
     inputs = {"prepared": prepared.path, "cgan": cgan.path, "vae": vae.path, "classifier": classifier.path}
-    result = runtime.run_stage("promote", params, inputs, {"promotion": decision.path}, run_id=run_id,
+    result = runtime.run_stage("promote", params, inputs, {"promotion": decision.path},
                                git_commit=git_commit, results={"evaluate": evaluation, "attacks": attacks})
     decision.metadata["promoted"] = result["promoted"]
 

@@ -22,8 +22,21 @@ values. The knobs a user changes in the KFP UI's run form are typed arguments la
 `preset` (a name of presets/, whose files are compiled into the spec), `data_source`, `data_split`,
 `cgan_epochs`, `vae_epochs`, `classifier_epochs`, `cipher_scheme` ("" and 0 keep params' value). Compile-time subsets would freeze each stage's settings into the spec, or make every
 section an argument of its own that the submitter must keep consistent (`seed` is read by seven
-stages). The tasks that log to MLflow are not cached at all (a cache hit would log no run), so
-there the narrow input keeps their key honest rather than saving a run.
+stages).
+
+Caching, like DVC's: KFP reuses a task's outputs when its cache key (its input values and artifacts,
+its container, the names of the PVCs it mounts) matches an earlier execution's, so every task whose
+inputs are the same is a cache hit, the training and scoring tasks included: after a change to
+`vae.lr`, a new run reuses the data tasks and the cGAN and retrains the VAE and what follows it. A
+cache hit runs nothing and logs no MLflow run, as `dvc repro` skips a stage whose inputs did not
+change: the reused outputs name the MLflow run and model version of the execution that made them, and
+the new run's versions (the classifier's lineage tags) point at them. Two things keep the keys stable:
+no task takes the KFP run id as an input (the MLflow tasks read it from KFP_RUN_ID, which comes from
+the pod's `pipeline/runid` label through the Downward API), and the training tasks keep their
+checkpoints on a fixed PVC (CHECKPOINT_PVC) rather than in the run's workspace, whose PVC is named
+after the run and is part of the key of every task that mounts it. Promotion is never cached: it moves
+the registry's aliases, which is the point of running it. (The TrainJob launchers stage their work in
+the run's workspace, so on several GPUs the training tasks are not cached across runs.)
 """
 
 
@@ -35,6 +48,7 @@ from kfp.dsl.graph_component import GraphComponent
 
 from components import stages
 from crypson import provenance
+from crypson.kfp import runtime
 
 DEFAULT_IMAGE = "ghcr.io/crypson/crypson:0.1.0"
 # Overrides DEFAULT_IMAGE at compile time; inside every task, the image it runs in (crypson.provenance.IMAGE_ENV:
@@ -65,7 +79,7 @@ TIMEOUT_S = {"light": 30 * 60, "data": 2 * 3600, "training": 4 * 3600, "scoring"
 TIMEOUT_S["launcher"] = TIMEOUT_S["training"] + 30 * 60
 # Training tasks retry twice, 2 then 4 minutes after a failure, for what goes away by itself (a reclaimed
 # GPU node, an MLflow or S3 restart). A retry resumes at the epoch after the last checkpoint, in the same
-# MLflow run: the checkpoints live in the run's workspace (WORKSPACE), not in the pod.
+# MLflow run: the checkpoints live on CHECKPOINT_PVC (a TrainJob's in the run's workspace), not in the pod.
 TRAINING_RETRIES = 2
 RETRY_BACKOFF_S = 120
 RETRY_BACKOFF_FACTOR = 2.0
@@ -81,14 +95,22 @@ def retry_window_s(kind: str) -> int:
 
 TRAINING_RETRY_WINDOW_S = retry_window_s("training")
 
+# The training tasks' checkpoints: a ReadWriteMany PVC of fixed name that infra/ creates beside the pipeline
+# (the cGAN and VAE tasks run at once, maybe on two GPU nodes), mounted into every single-GPU training task;
+# each task keeps its checkpoint in a subfolder named after its content (crypson.kfp.runtime.task_checkpoints),
+# and a finished task deletes it. A fixed name keeps the tasks' cache keys the same from run to run.
+CHECKPOINT_PVC = "crypson-checkpoints"
+CHECKPOINT_MOUNT = "/crypson/checkpoints"
+
 # The run's workspace: a volume KFP creates for each run and mounts into every task that names it
-# (dsl.WORKSPACE_PATH_PLACEHOLDER), kept while the run lasts. The training tasks keep their checkpoints there
-# (crypson.kfp.runtime.checkpoint_dir), so a retried pod, on any node, resumes them. ReadWriteMany because
-# the cGAN and VAE tasks run at the same time, possibly on two GPU nodes; the storage class is the cluster's
-# KFP default for workspaces (infra/kubeflow/README.md: on GKE a Filestore class). The default run's three
-# checkpoints take a few MB; the size leaves room for the report preset's.
+# (dsl.WORKSPACE_PATH_PLACEHOLDER), kept while the run lasts: the TrainJob launchers stage their stage's
+# inputs, outputs and checkpoints there for the TrainJob's pods (crypson.kfp.launcher). ReadWriteMany: the
+# cGAN and VAE TrainJobs run at once; the storage class is the cluster's KFP default for workspaces
+# (infra/kubeflow/README.md: on GKE a Filestore class). A pipeline on one GPU has no workspace.
 WORKSPACE = dsl.PipelineConfig(workspace=dsl.WorkspaceConfig(
     size="10Gi", kubernetes=dsl.KubernetesWorkspaceConfig(pvcSpecPatch={"accessModes": ["ReadWriteMany"]})))
+# The KFP run id, for the MLflow tags, from the pod's label (KFP's API server labels every pod of a run).
+RUN_ID_FIELD = "metadata.labels['pipeline/runid']"
 
 # MLflow server and S3 store: environment variables from this Secret (infra/ creates it).
 MLFLOW_SECRET = "crypson-mlflow"
@@ -119,12 +141,17 @@ def limited(task: dsl.PipelineTask, kind: str) -> dsl.PipelineTask:
 
 
 def training(task: dsl.PipelineTask, backoff_s: int = RETRY_BACKOFF_S, gpus: int = GPUS_PER_TRAINING_TASK,
-             kind: str = "training") -> dsl.PipelineTask:
-    """A training task: on the GPU pool, time-limited, retried with exponential back-off, logged to MLflow.
-    For a TrainJob launcher (kind "launcher") the placement is its TrainJob nodes' (passed through)."""
+             kind: str = "training", checkpoints: str = CHECKPOINT_MOUNT) -> dsl.PipelineTask:
+    """A training task: on the GPU pool, time-limited, retried with exponential back-off, logged to MLflow,
+    its checkpoints on CHECKPOINT_PVC (mounted at `checkpoints`), cached across runs.
+    For a TrainJob launcher (kind "launcher") the placement is its TrainJob nodes' (passed through), its
+    checkpoints are in the run's workspace, and it is not cached (that PVC is the run's)."""
     task.set_retry(num_retries=TRAINING_RETRIES, backoff_duration=f"{backoff_s}s",
                    backoff_factor=RETRY_BACKOFF_FACTOR, backoff_max_duration=f"{retry_window_s(kind)}s")
-    return tracked(limited(on_gpu_pool(task, gpus), kind))
+    if kind == "training":
+        kubernetes.mount_pvc(task, pvc_name=CHECKPOINT_PVC, mount_path=checkpoints)
+        task.set_env_variable(runtime.CHECKPOINTS_ENV, checkpoints)
+    return tracked(limited(on_gpu_pool(task, gpus), kind), cached=kind == "training")
 
 
 def with_requests(task: dsl.PipelineTask, requests: dict[str, str]) -> dsl.PipelineTask:
@@ -137,14 +164,16 @@ def with_mlflow_secret(task: dsl.PipelineTask) -> dsl.PipelineTask:
                                         secret_key_to_env={key: key for key in MLFLOW_SECRET_KEYS})
 
 
-def tracked(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """A task that logs to MLflow: never cached (a cache hit would log no run for this KFP run)."""
-    return with_mlflow_secret(task).set_caching_options(False)
+def tracked(task: dsl.PipelineTask, cached: bool) -> dsl.PipelineTask:
+    """A task that logs to MLflow: the Secret's settings, the KFP run id in KFP_RUN_ID (from the pod's label:
+    an input would change the task's cache key every run), cached or not (see the module's docstring)."""
+    kubernetes.use_field_path_as_env(with_mlflow_secret(task), env_name=runtime.RUN_ID_ENV, field_path=RUN_ID_FIELD)
+    return task.set_caching_options(cached)
 
 
 def build_pipeline(params: str, task_params: dict[str, list[str]], image: str = DEFAULT_IMAGE,
                    retry_backoff_s: int = RETRY_BACKOFF_S, presets: dict[str, dict] | None = None,
-                   nodes: int = 1, gpus_per_node: int = 1) -> GraphComponent:
+                   nodes: int = 1, gpus_per_node: int = 1, checkpoints: str = CHECKPOINT_MOUNT) -> GraphComponent:
     """The pipeline, with `params` (params.yaml text) as the default of its `params` argument.
 
     With nodes x gpus_per_node > 1 (params' `distributed`, read at compile time by
@@ -170,12 +199,15 @@ def build_pipeline(params: str, task_params: dict[str, list[str]], image: str = 
         presets: name -> partial params (crypson.kfp.project.load_presets: presets/*.yaml), what the run
             parameter `preset` may name.
         nodes, gpus_per_node: the training stages' topology (params' `distributed`); 1 x 1: one GPU, in the task.
+        checkpoints: the single-GPU training tasks' checkpoint folder: CHECKPOINT_PVC's mount path; kfp.local,
+            which mounts no PVC, passes a folder of this machine.
     """
     c = stages.build(image)
+    distributed = nodes * gpus_per_node > 1
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Crypson: cGAN + VAE + latent classifier for keyed "
                   "latent-space text encryption; trains, evaluates, attacks and promotes the models.",
-                  pipeline_config=WORKSPACE)
+                  pipeline_config=WORKSPACE if distributed else None)
     def crypson(params: str = params, preset: str = "", data_source: str = "", data_split: str = "",
                 cgan_epochs: int = 0, vae_epochs: int = 0, classifier_epochs: int = 0, cipher_scheme: str = "",
                 git_commit: str = "", data_repo_url: str = "", data_rev: str = "", dvc_remote: str = "",
@@ -187,7 +219,6 @@ def build_pipeline(params: str, task_params: dict[str, list[str]], image: str = 
         def step(task: dsl.PipelineTask, kind: str) -> dsl.PipelineTask:
             return in_image(limited(task, kind))
 
-        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         # The typed run parameters ("" and 0 keep params' value) go on top of params and the preset.
         # The presets as JSON text: a KFP struct constant cannot hold their nulls.
         sections = step(c.split_params(params=params, keys=task_params, presets=json.dumps(presets or {}),
@@ -197,8 +228,9 @@ def build_pipeline(params: str, task_params: dict[str, list[str]], image: str = 
                         "light").outputs
 
         def logged(stage: str) -> dict:
-            """The inputs of a stage that logs to MLflow: its params, the KFP run id, the code's commit."""
-            return {"params": sections[stage], "run_id": run_id, "git_commit": git_commit}
+            """The inputs of a stage that logs to MLflow: its params and the code's commit (the run id comes
+            from the pod's label: see `tracked`)."""
+            return {"params": sections[stage], "git_commit": git_commit}
 
         ingest = c.ingest(params=sections["ingest"], data_repo_url=data_repo_url, data_rev=data_rev,
                           dvc_remote=dvc_remote, dvc_remote_url=dvc_remote_url)
@@ -209,11 +241,10 @@ def build_pipeline(params: str, task_params: dict[str, list[str]], image: str = 
         validate = step(with_requests(c.validate(params=sections["validate"], prepared=prepared), DATA_REQUESTS),
                         "data")
 
-        workspace = dsl.WORKSPACE_PATH_PLACEHOLDER  # the training checkpoints' durable folder
-
-        if nodes * gpus_per_node > 1:  # a TrainJob launcher for each training stage
+        if distributed:  # a TrainJob launcher for each training stage, staged in the run's workspace
             train = {stage: getattr(c, f"{stage}_trainjob") for stage in ("train_cgan", "train_vae", "train_classifier")}
-            launch = {"image": image, "deadline_s": TIMEOUT_S["training"]}
+            launch = {"image": image, "deadline_s": TIMEOUT_S["training"], "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                      "workspace": dsl.WORKSPACE_PATH_PLACEHOLDER}
 
             def training_task(task: dsl.PipelineTask) -> dsl.PipelineTask:
                 return in_image(training(task, retry_backoff_s, gpus_per_node, "launcher"))
@@ -222,10 +253,10 @@ def build_pipeline(params: str, task_params: dict[str, list[str]], image: str = 
             launch = {}
 
             def training_task(task: dsl.PipelineTask) -> dsl.PipelineTask:
-                return in_image(training(task, retry_backoff_s))
+                return in_image(training(task, retry_backoff_s, checkpoints=checkpoints))
 
         def trained(stage: str, **artifacts: Any) -> dsl.PipelineTask:
-            return train[stage](**logged(stage), workspace=workspace, prepared=prepared, **launch, **artifacts)
+            return train[stage](**logged(stage), prepared=prepared, **launch, **artifacts)
 
         cgan = training_task(trained("train_cgan").after(validate))
         vae = training_task(trained("train_vae").after(validate))
@@ -234,14 +265,15 @@ def build_pipeline(params: str, task_params: dict[str, list[str]], image: str = 
         models["classifier"] = classifier.outputs["classifier"]
 
         evaluate = tracked(step(with_requests(c.evaluate(**logged("evaluate"), prepared=prepared, **models),
-                                              SCORING_REQUESTS), "scoring"))
+                                              SCORING_REQUESTS), "scoring"), cached=True)
         evaluation = evaluate.outputs["Output"]
         attack = tracked(step(with_requests(c.attack(**logged("attack"), evaluation=evaluation,
-                                                     prepared=prepared, **models), SCORING_REQUESTS), "scoring"))
+                                                     prepared=prepared, **models), SCORING_REQUESTS), "scoring"),
+                         cached=True)
         gate = step(c.gate(params=sections["gate"], evaluation=evaluation, attacks=attack.outputs["Output"]),
                     "light")
         with dsl.If(gate.output == True, name="gates-pass"):  # noqa: E712 - a KFP condition, not a Python test
             tracked(step(c.promote(**logged("promote"), evaluation=evaluation, attacks=attack.outputs["Output"],
-                                   prepared=prepared, **models), "light"))
+                                   prepared=prepared, **models), "light"), cached=False)
 
     return crypson

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.e2e.helpers import REPO, run
 
@@ -41,6 +42,8 @@ if "train_vae" in sys.argv and not os.path.exists({marker!r}):
 TINY_VAE_STEPS_PER_EPOCH = 4  # presets/tiny.yaml vae.max_train_batches
 BUILD_COMMIT = "c0ffee" * 6 + "c0ff"
 IMAGE = f"registry.example/crypson:{BUILD_COMMIT}@sha256:{'ab' * 32}"
+# As inside an image that `make image` built and `crypson pipeline submit` referenced by digest.
+IN_IMAGE = {"CRYPSON_IMAGE": IMAGE, "CRYPSON_BUILD_COMMIT": BUILD_COMMIT}
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +55,8 @@ def local_run(tmp_path_factory):
     hooks = tmp_path_factory.mktemp("kill-hook")
     (hooks / "sitecustomize.py").write_text(KILLER.format(marker=str(folder / "train_vae.killed"),
                                                           kill_at=TINY_VAE_STEPS_PER_EPOCH + 2))
-    # As inside an image that `make image` built and `crypson pipeline submit` referenced by digest.
-    image = {"CRYPSON_IMAGE": IMAGE, "CRYPSON_BUILD_COMMIT": BUILD_COMMIT}
     done = run(["crypson", "pipeline", "run", "--local", "--preset", "tiny", "--pipeline-root", "outputs"], folder,
-               env={"PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])), **image})
+               env={"PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])), **IN_IMAGE})
     return folder, done
 
 
@@ -152,7 +153,7 @@ def tensors(path: Path) -> dict:
     return dict(walk(torch.load(path, map_location="cpu", weights_only=True)))
 
 
-def test_a_killed_training_task_resumes_from_the_workspace_checkpoint_to_the_same_weights(local_run, tmp_path):
+def test_a_killed_training_task_resumes_from_its_checkpoint_to_the_same_weights(local_run, tmp_path):
     folder, done = local_run
     assert (folder / "train_vae.killed").is_file()  # the first attempt was killed in epoch 2; kfp.local retried
     (vae_run,) = vae_runs(folder)  # the retry went on in the killed attempt's MLflow run
@@ -161,6 +162,10 @@ def test_a_killed_training_task_resumes_from_the_workspace_checkpoint_to_the_sam
     assert vae_run["steps"] == [0, 1]  # each epoch's metrics once
     (model,) = (folder / "outputs").glob("crypson-*/train-vae/vae")
     assert json.loads((model / "registration.json").read_text())["run_id"] == vae_run["id"]
+    # The checkpoint lived in the pipeline root's checkpoints/ (a PVC on a cluster), in the task's own folder,
+    # and the finished stage deleted it.
+    (kept,) = (folder / "outputs" / "checkpoints").glob("train_vae-*")
+    assert not list(kept.iterdir())
 
     # The same task, uninterrupted, on the same data and settings, in a store of its own.
     (split,) = (folder / "outputs").glob("crypson-*/split-params/executor_output.json")
@@ -169,9 +174,9 @@ def test_a_killed_training_task_resumes_from_the_workspace_checkpoint_to_the_sam
                           "artifact_dir": str(tmp_path / "reference-artifacts")}
     (prepared,) = (folder / "outputs").glob("crypson-*/prepare/prepared")
     script = ("import sys; from crypson.kfp import runtime; runtime.run_stage('train_vae', sys.argv[1], "
-              "{'prepared': sys.argv[2]}, {'vae': sys.argv[3]}, run_id='reference', workspace=sys.argv[4])")
+              "{'prepared': sys.argv[2]}, {'vae': sys.argv[3]}, run_id='reference', checkpoints=sys.argv[4])")
     run([sys.executable, "-c", script, json.dumps(params), str(prepared), str(tmp_path / "vae"),
-         str(tmp_path / "workspace")], tmp_path)
+         str(tmp_path / "checkpoints")], tmp_path)
     resumed, uninterrupted = tensors(model / "vae.pt"), tensors(tmp_path / "vae" / "vae.pt")
     assert resumed.keys() == uninterrupted.keys() and resumed
     for name, value in resumed.items():
@@ -182,3 +187,34 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def test_a_second_run_after_a_vae_change_reuses_the_cgan_from_the_cache(local_run):
+    """KFP's caching as DVC's: run again in the same pipeline root with only `vae.lr` changed; the data tasks and
+    the cGAN are cache hits (no new MLflow run, no new version), the VAE and what follows it run again. Last in
+    this module: it adds a second run to the shared folder."""
+    folder, _ = local_run
+    raw = yaml.safe_load((folder / "params.yaml").read_text())
+    raw["vae"]["lr"] *= 2
+    (folder / "params-vae-lr.yaml").write_text(yaml.safe_dump(raw))
+    run(["crypson", "pipeline", "run", "--local", "--params", "params-vae-lr.yaml", "--preset", "tiny",
+         "--pipeline-root", "outputs"], folder, env=IN_IMAGE)  # the same image: its name is in every cache key
+    state = mlflow_state(folder)
+    versions = {name: sorted(model["versions"]) for name, model in state["models"].items()}
+    assert versions == {"crypson-cgan": ["1"], "crypson-vae": ["1", "2"], "crypson-classifier": ["1", "2"]}
+    first, second = (state["models"]["crypson-vae"]["versions"][v]["kfp_run_id"] for v in ("1", "2"))
+    assert first != second
+    stages = [tags["crypson.stage"] for tags in state["runs"] if "crypson.stage" in tags]
+    assert {stage: stages.count(stage) for stage in ("train_cgan", "train_vae", "train_classifier", "evaluate",
+                                                      "attack")} == {"train_cgan": 1, "train_vae": 2,
+                                                                     "train_classifier": 2, "evaluate": 2, "attack": 2}
+    # The new classifier was trained on the cached cGAN's version and the new VAE's.
+    (classifier,) = query_store(folder, (
+        "[r.data.params for r in mlflow.search_runs(search_all_experiments=True, filter_string=\"tags.`crypson.stage`"
+        f" = 'train_classifier' and tags.kfp_run_id = '{second}'\", output_format='list')]"))
+    assert (classifier["cgan.version"], classifier["vae.version"]) == ("1", "2")
+    # No second ingest, prepare or train_cgan output folder: kfp.local reused the first run's.
+    runs = sorted((folder / "outputs").glob("crypson-*"))
+    assert len(runs) == 2
+    assert not (runs[1] / "train-cgan").exists() and not (runs[1] / "prepare").exists()
+    assert (runs[1] / "train-vae" / "vae").is_dir()

@@ -188,7 +188,8 @@ def test_kustomize_builds_the_tracking_stack(k8s_builds: dict[str, list[dict]]) 
     assert set(TRACKING_STACK + SEAWEEDFS) <= platform_agnostic
     assert set(TRACKING_STACK) | {("ServiceAccount", "crypson", "crypson-mlflow")} <= gke
     assert gke.isdisjoint(SEAWEEDFS), "the GKE overlay keeps SeaweedFS or the bucket Job"
-    assert found("pipelines") == {("PersistentVolumeClaim", "kubeflow", "crypson-workspace")}
+    assert found("pipelines") == {("PersistentVolumeClaim", "kubeflow", "crypson-workspace"),
+                                  ("PersistentVolumeClaim", "kubeflow", "crypson-checkpoints")}
     find(k8s_builds["pipelines"], "Secret", "crypson-mlflow")
     statefulsets = [obj for obj in k8s_builds["overlays/platform-agnostic"] if obj["kind"] == "StatefulSet"]
     assert len(statefulsets) == 2 and all(obj["spec"]["volumeClaimTemplates"] for obj in statefulsets)

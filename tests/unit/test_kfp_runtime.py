@@ -48,17 +48,18 @@ def test_numeric_metrics_flattens_and_drops_what_kfp_cannot_hold():
                                                 "advantage.keyed.probe": 0.01}
 
 
-def test_log_metrics_logs_each_flattened_value():
+def test_log_metrics_logs_each_flattened_value_and_writes_the_artifacts_file(tmp_path):
     class Recorder:
-        def __init__(self):
-            self.logged = {}
+        def __init__(self, path):
+            self.logged, self.path = {}, str(path)
 
         def log_metric(self, metric, value):
             self.logged[metric] = value
 
-    recorder = Recorder()
+    recorder = Recorder(tmp_path / "metrics")
     returned = runtime.log_metrics(recorder, {"a": 1, "b": {"c": 0.25}, "d": None})
     assert recorder.logged == returned == {"a": 1.0, "b.c": 0.25}
+    assert json.loads((tmp_path / "metrics").read_text()) == returned  # a file: kfp.local's cache needs one
 
 
 def test_gates_follow_params_thresholds(capsys):
@@ -194,3 +195,50 @@ def test_checkpoints_go_to_the_workspace_and_a_relative_one_is_refused(tmp_path)
     assert Layout(tmp_path / "work").checkpoint("vae") == tmp_path / "work" / "checkpoints" / "vae.pt"
     with pytest.raises(ValueError, match="'kfp-workspace' is not an absolute path"):
         runtime.checkpoint_dir("kfp-workspace")
+
+
+def test_task_checkpoints_are_named_by_stage_params_and_every_input_byte(tmp_path):
+    prepared = tmp_path / "prepared"
+    (prepared / "splits").mkdir(parents=True)
+    (prepared / "splits" / "train.npz").write_bytes(b"\x00" * 100)
+    (prepared / "manifest.json").write_text('{"data_version": "a"}')
+    root = str(tmp_path / "checkpoints")
+    where = runtime.task_checkpoints(root, "train_vae", '{"vae": {"lr": 0.001}}', {"prepared": str(prepared)})
+    assert where.parent == tmp_path / "checkpoints" and where.name.startswith("train_vae-")
+    # The same task again (a retried attempt, or a later run of the same inputs): the same folder.
+    assert runtime.task_checkpoints(root, "train_vae", '{"vae": {"lr": 0.001}}', {"prepared": str(prepared)}) == where
+    others = {runtime.task_checkpoints(root, "train_vae", '{"vae": {"lr": 0.002}}', {"prepared": str(prepared)}),
+              runtime.task_checkpoints(root, "train_cgan", '{"vae": {"lr": 0.001}}', {"prepared": str(prepared)})}
+    (prepared / "splits" / "train.npz").write_bytes(b"\x00" * 99 + b"\x01")  # one byte of the data
+    others.add(runtime.task_checkpoints(root, "train_vae", '{"vae": {"lr": 0.001}}', {"prepared": str(prepared)}))
+    assert len(others) == 3 and where not in others
+    with pytest.raises(ValueError, match="'checkpoints' is not an absolute path"):
+        runtime.task_checkpoints("checkpoints", "train_vae", "{}", {})
+
+
+def test_run_stage_takes_the_run_id_and_checkpoint_folder_from_the_pods_environment(tmp_path, monkeypatch):
+    """On a cluster the pipeline sets KFP_RUN_ID (from the pod's label) and CRYPSON_CHECKPOINTS (the PVC's mount)
+    instead of passing them as inputs, which would be part of the task's cache key."""
+    seen = {}
+
+    def stage(stage, config, root, params, **options):  # crypson.stages.runner.run_stage, recorded
+        seen[stage] = (options["checkpoints"], os.environ.get("KFP_RUN_ID"), os.environ.get("CRYPSON_EXECUTION_ID"))
+        result = runtime.RESULTS[stage](Layout(root))
+        result.parent.mkdir(parents=True, exist_ok=True)
+        result.write_text("{}")
+
+    monkeypatch.setattr(runtime, "run_stage_in", stage)
+    monkeypatch.setenv("KFP_RUN_ID", "run-7f3")
+    monkeypatch.delenv("CRYPSON_EXECUTION_ID", raising=False)
+    monkeypatch.setenv("CRYPSON_CHECKPOINTS", str(tmp_path / "pvc"))
+    params = json.dumps({"tracking": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                                      "artifact_dir": str(tmp_path / "mlartifacts")}})
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "manifest.json").write_text("{}")
+    runtime.run_stage("train_vae", params, {"prepared": str(prepared)}, {})
+    runtime.run_stage("evaluate", params, {"prepared": str(prepared)}, {})
+    expected = runtime.task_checkpoints(str(tmp_path / "pvc"), "train_vae", params, {"prepared": str(prepared)})
+    assert seen["train_vae"] == (expected, "run-7f3", "run-7f3")
+    assert seen["evaluate"] == (None, "run-7f3", "run-7f3")  # only training keeps checkpoints
+    assert "CRYPSON_EXECUTION_ID" not in os.environ  # set for the stage only

@@ -96,21 +96,24 @@ def split_outputs(inputs: dict) -> dict[str, str]:
     return dict(zip(annotations["return"]._fields, stages.split_params(**arguments)))
 
 
-def cache_key_material(text: str, arguments: dict | None = None) -> dict[str, dict]:
+WORKSPACE_PATH = "{{$.workspace_path}}"
+RUN_ID = "{{$.pipeline_job_uuid}}"
+
+
+def cache_key_material(text: str, arguments: dict | None = None, run: str = "run-1") -> dict[str, dict]:
     """Per container task, what KFP's cache key is made of, resolved from the compiled spec.
 
     KFP's driver hashes a task's input parameter values as resolved for the run, its input artifacts'
-    names, its outputs' names and types, and its container: image, command and arguments, which hold the
-    component's source (kubeflow/pipelines backend/src/v2/cacheutils/cache.go, GenerateCacheKey). Here
-    parameter values resolve as the driver resolves them: constants (the run-id placeholder stays itself:
-    it changes every run), the pipeline's defaults or `arguments`, and the split_params task's outputs,
-    computed by its component's function. Any other task output, and every
+    names, its outputs' names and types, its container: image, command and arguments, which hold the
+    component's source, and the names of the PVCs it mounts, the run's workspace PVC (named after the run)
+    included (kubeflow/pipelines backend/src/v2/cacheutils/cache.go, GenerateCacheKey; driver/container.go).
+    Here parameter values resolve as the driver resolves them: constants (the run-id placeholder becomes
+    `run`, as the run's workspace PVC does: what changes from run to run), the pipeline's defaults or
+    `arguments`, and the split_params task's outputs, computed by its component's function. Any other task output, and every
     input artifact, stands for its producer's own key: an artifact is the same one only when its producer
     was a cache hit, so a changed producer changes every consumer.
     """
-    pipeline_document, _ = yaml.safe_load_all(text)
-    spec = strict(pipeline_document, pipeline_spec_pb2.PipelineSpec())
-    deployment = strict(pipeline_document["deploymentSpec"], pipeline_spec_pb2.PipelineDeploymentConfig())
+    spec, deployment, kubernetes = parse(text)
     defaults = {name: json_format.MessageToDict(definition.default_value)
                 for name, definition in spec.root.input_definitions.parameters.items()}
     defaults.update(arguments or {})  # a run's arguments, as a submission passes them
@@ -128,7 +131,8 @@ def cache_key_material(text: str, arguments: dict | None = None) -> dict[str, di
                 for parameter, spec_value in task.inputs.parameters.items():
                     kind = spec_value.WhichOneof("kind")
                     if kind == "runtime_value":
-                        inputs[parameter] = json_format.MessageToDict(spec_value.runtime_value.constant)
+                        value = json_format.MessageToDict(spec_value.runtime_value.constant)
+                        inputs[parameter] = value.replace(RUN_ID, run) if isinstance(value, str) else value
                     elif kind == "component_input_parameter":
                         inputs[parameter] = dag_inputs[spec_value.component_input_parameter]
                     else:
@@ -150,9 +154,13 @@ def cache_key_material(text: str, arguments: dict | None = None) -> dict[str, di
                     resolve_dag(component.dag, inputs)
                 else:
                     container = deployment.executors[component.executor_label].container
+                    config = kubernetes.get(component.executor_label)
+                    pvcs = sorted(mount.constant for mount in config.pvc_mount) if config else []
+                    if WORKSPACE_PATH in inputs.values():
+                        pvcs.append(f"kfp-workspace-{run}")  # GetWorkspacePVCName(run name)
                     materials[name] = {"inputs": inputs, "outputs": as_dict(component.output_definitions),
                                        "image": container.image, "command": list(container.command),
-                                       "args": list(container.args)}
+                                       "args": list(container.args), "pvcs": pvcs}
                 done.add(name)
             assert len(done) > before, f"tasks that wait on each other: {sorted(set(dag.tasks) - done)}"
 
@@ -246,11 +254,22 @@ def test_no_credential_in_the_spec(committed, monkeypatch):
     assert "canary" not in compiled
 
 
-def test_caching_on_for_data_steps_off_for_mlflow_steps(parsed):
+def test_caching_on_for_every_step_but_promotion(parsed):
     spec, _, _ = parsed
     tasks = all_tasks(spec)
-    assert all(tasks[task].caching_options.enable_cache for task in DATA)
-    assert not any(tasks[task].caching_options.enable_cache for task in TRACKED)
+    cached = {task for task in tasks if not task.startswith("condition") and tasks[task].caching_options.enable_cache}
+    assert cached == {SPLIT, *DATA, *TRAINING, "evaluate", "attack", "gate"}  # promote moves aliases: every run
+
+
+def test_a_second_run_of_the_same_params_has_every_cache_key_of_the_first(committed):
+    """Nothing in a task's key changes from run to run: no run id input, no run-scoped PVC. So a second run
+    of unchanged params and code is all cache hits (promotion aside), as a second `dvc repro` does nothing."""
+    first, second = (cache_key_material(committed, run=run) for run in ("run-1", "run-2"))
+    assert first == second
+    assert all(RUN_ID not in json.dumps(material) and WORKSPACE_PATH not in json.dumps(material)
+               for material in first.values())
+    for task in TRAINING:  # the checkpoints' PVC, a fixed name
+        assert first[task]["pvcs"] == [PIPELINE.CHECKPOINT_PVC], task
 
 
 def test_wiring_parallel_training_and_gated_promotion(parsed):
@@ -262,10 +281,13 @@ def test_wiring_parallel_training_and_gated_promotion(parsed):
     assert "promote" not in spec.root.dag.tasks  # only inside the dsl.If branch
     condition = tasks["condition-1"].trigger_policy.condition
     assert condition == "inputs.parameter_values['pipelinechannel--gate-Output'] == true"
-    # The MLflow steps get the KFP run id, so MLflow runs carry the `kfp_run_id` tag.
+    # The MLflow steps get the KFP run id from their pod's label (not as an input, which would be part of their
+    # cache key), so MLflow runs carry the `kfp_run_id` tag.
+    kubernetes = parsed[2]
     for task in TRACKED:
-        run_id = tasks[task].inputs.parameters["run_id"].runtime_value.constant.string_value
-        assert run_id == "{{$.pipeline_job_uuid}}", task
+        assert "run_id" not in tasks[task].inputs.parameters, task
+        (field,) = kubernetes[executor_of(spec, task)].field_path_as_env
+        assert (field.name, field.field_path) == (runtime.RUN_ID_ENV, "metadata.labels['pipeline/runid']"), task
 
 
 def test_params_default_is_params_yaml(parsed):
@@ -309,9 +331,8 @@ def test_each_task_receives_only_the_params_its_dvc_stage_lists(parsed):
     ("promote.min_psnr_db", {"ingest", "prepare", "validate", *TRAINING, "evaluate", "attack"}),
 ])
 def test_a_params_change_moves_only_the_cache_keys_of_the_tasks_that_read_it(committed, tmp_path, key, unchanged):
-    """As under DVC: the tasks whose params and inputs are the same keep their cache keys. The MLflow tasks
-    are never cached (caching off, and a new run id each run), so for train-cgan this shows what its key would
-    be made of; the data tasks are reused from KFP's cache."""
+    """As under DVC: the tasks whose params and inputs are the same keep their cache keys, and KFP reuses their
+    outputs (the cGAN after a change to `vae.lr`); the changed task and everything downstream run again."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     section, name = key.split(".")
     raw[section][name] = raw[section][name] * 2 if isinstance(raw[section][name], float) else f"{raw[section][name]}-b"
@@ -369,7 +390,7 @@ def test_cache_key_material_sees_an_upstream_change_through_artifacts(committed)
     assert vae == {"artifact": "vae", "of": digest(materials["train-vae"])}
     assert materials["promote"]["inputs"]["vae"] == vae  # through the dsl.If branch's inputs
     assert materials["ingest"]["inputs"]["data_repo_url"] == ""  # a pipeline argument's default
-    assert materials["train-vae"]["inputs"]["run_id"] == "{{$.pipeline_job_uuid}}"
+    assert set(materials["train-vae"]["inputs"]) == {"params", "git_commit", "prepared"}
 
 
 def test_training_tasks_retry_with_exponential_backoff(parsed):
@@ -387,20 +408,23 @@ def test_training_tasks_retry_with_exponential_backoff(parsed):
         assert not tasks[task].HasField("retry_policy"), task
 
 
-def test_training_tasks_keep_their_checkpoints_in_the_runs_workspace(committed, parsed):
-    spec, _, _ = parsed
+def test_training_tasks_keep_their_checkpoints_on_the_fixed_pvc(committed, parsed):
+    spec, deployment, kubernetes = parsed
     _, platform = yaml.safe_load_all(committed)
-    config = strict(platform["platforms"]["kubernetes"]["pipelineConfig"], pipeline_spec_pb2.PipelineConfig())
-    assert config.workspace.size == "10Gi"
-    # The cGAN and VAE tasks run at once, maybe on two GPU nodes: both mount the one volume.
-    assert list(config.workspace.kubernetes.pvc_spec_patch["accessModes"]) == ["ReadWriteMany"]
+    assert "pipelineConfig" not in platform["platforms"]["kubernetes"]  # one GPU: no run workspace to create
     tasks = all_tasks(spec)
     for task in tasks:
-        workspace = tasks[task].inputs.parameters.get("workspace")
-        if task in TRAINING:
-            assert workspace.runtime_value.constant.string_value == "{{$.workspace_path}}", task
+        if task.startswith("condition"):
+            continue
+        label = executor_of(spec, task)
+        assert "workspace" not in tasks[task].inputs.parameters, task
+        mounts = [(m.constant, m.mount_path) for m in kubernetes[label].pvc_mount] if label in kubernetes else []
+        env = {e.name: e.value for e in deployment.executors[label].container.env}
+        if task in TRAINING:  # a retried attempt finds its checkpoint there (crypson.kfp.runtime.task_checkpoints)
+            assert mounts == [(PIPELINE.CHECKPOINT_PVC, PIPELINE.CHECKPOINT_MOUNT)], task
+            assert env[runtime.CHECKPOINTS_ENV] == PIPELINE.CHECKPOINT_MOUNT, task
         else:
-            assert workspace is None, task  # only training keeps state across attempts
+            assert not mounts and runtime.CHECKPOINTS_ENV not in env, task  # only training keeps state
 
 
 def test_every_task_has_a_time_limit(parsed):

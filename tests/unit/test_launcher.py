@@ -142,7 +142,8 @@ def test_the_component_body_fills_the_model_and_metrics_artifacts(tmp_path, monk
     from kfp.dsl import Metrics, Model, TaskConfig
 
     model, metrics = Model(uri="", name="vae"), Metrics(uri="", name="metrics")
-    model.path = str(tmp_path / "vae")  # what the KFP executor sets from the task's output artifact
+    model.path = str(tmp_path / "vae")  # what the KFP executor sets from the task's output artifacts
+    metrics.path = str(tmp_path / "metrics")
     seen = {}
 
     def run_stage(stage, params, inputs, outputs, **launch):
@@ -158,6 +159,7 @@ def test_the_component_body_fills_the_model_and_metrics_artifacts(tmp_path, monk
     assert seen["stage"] == "train_vae" and seen["outputs"] == {"vae": model.path}
     assert seen["launch"]["task_config"]["node_selector"] == {"cloud.google.com/gke-nodepool": "gpu-pool"}
     assert model.metadata == {"name": "crypson-vae", "version": "7"} and metrics.metadata == {"loss": 0.25}
+    assert json.loads(Path(metrics.path).read_text()) == {"loss": 0.25}
 
 
 def test_run_stage_refuses_a_relative_embedded_tracking_store_before_launching(tmp_path, monkeypatch):

@@ -131,7 +131,7 @@ def test_launchers_retry_and_outlive_their_trainjobs_deadline(parsed):
         assert (policy.max_retry_count, policy.backoff_duration.seconds, policy.backoff_factor) == (2, 120, 2.0)
         assert policy.backoff_max_duration.seconds == 3 * limit + 120 + 240, task
         assert kubernetes[executor_of(spec, task)].active_deadline_seconds == limit, task
-        assert not tasks[task].caching_options.enable_cache, task  # rank 0 logs an MLflow run
+        assert not tasks[task].caching_options.enable_cache, task  # staged in the run's workspace PVC: a new key each run
 
 
 def test_the_default_spec_keeps_training_in_its_tasks_and_launchers_return_the_same_artifacts(parsed):
@@ -144,8 +144,9 @@ def test_the_default_spec_keeps_training_in_its_tasks_and_launchers_return_the_s
         launcher = spec.components[all_tasks(spec)[f"{task}-trainjob"].component_ref.name]
         assert launcher.output_definitions == single.output_definitions, task
         assert set(launcher.input_definitions.artifacts) == set(single.input_definitions.artifacts), task
+        # + the run's id and workspace: the launcher stages its TrainJob there (so it is not cached across runs)
         assert set(launcher.input_definitions.parameters) == set(single.input_definitions.parameters) | {
-            "image", "deadline_s", "task_config"}, task
+            "image", "deadline_s", "task_config", "run_id", "workspace"}, task
 
 
 def test_no_credential_in_the_distributed_spec(distributed_spec):

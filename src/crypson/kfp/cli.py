@@ -74,6 +74,8 @@ def run_command(
     preset: PresetOption = [],  # noqa: B006 - typer reads the default, never mutates it
     pipeline_root: Annotated[Path, typer.Option("--pipeline-root", help="where kfp.local keeps task outputs")] = Path(
         "kfp_local_outputs"),
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="reuse the outputs of unchanged tasks from earlier "
+                                        "runs in the pipeline root (KFP's caching)")] = True,
 ) -> None:
     """Run the pipeline locally (kfp.local, subprocess runner, this Python environment).
 
@@ -91,7 +93,7 @@ def run_command(
         presets = _preset_paths(repo, preset)
         merged = parse_config(yaml.safe_load(params_text(repo / params, presets)) or {})
         text = params_text(repo / params, presets, local_tracking_overrides(merged, Path.cwd()))
-        run_local(repo, text, pipeline_root, {"git_commit": git_commit(cwd=repo)})
+        run_local(repo, text, pipeline_root, {"git_commit": git_commit(cwd=repo)}, cache=cache)
     except EXIT_ERRORS as error:
         raise _fail("run", error) from None
     typer.echo(f"pipeline finished; task outputs under {pipeline_root}")

@@ -12,6 +12,7 @@ module is tested without a KFP runtime.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 import yaml
 
 from crypson.config import Config, deep_merge, parse_config
+from crypson.files import atomic_write_bytes
 from crypson.layout import REGISTRATION_FILE, Layout
 from crypson.stages.runner import DATA_STAGES, STAGES, configure_logging
 from crypson.stages.runner import run_stage as run_stage_in
@@ -62,6 +64,8 @@ RESULTS: dict[str, Callable[[Layout], Path]] = {
 
 class MetricsArtifact(Protocol):
     """The part of kfp's Metrics artifact this module uses."""
+
+    path: str
 
     def log_metric(self, metric: str, value: float) -> None: ...
 
@@ -215,23 +219,51 @@ def task_environment(run_id: str, git_commit: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-CHECKPOINTS = "checkpoints"  # the folder of the training checkpoints in the run's workspace
+TRAINING_STAGES = ("train_cgan", "train_vae", "train_classifier")  # the stages that keep checkpoints
+CHECKPOINTS = "checkpoints"  # the folder of the training checkpoints in the run's workspace (TrainJob launchers)
+# The training tasks' checkpoint folder on a cluster: a fixed volume (pipelines/crypson_pipeline.py mounts the
+# PVC there and sets this variable), kept across runs so that KFP can cache the tasks (see task_checkpoints).
+CHECKPOINTS_ENV = "CRYPSON_CHECKPOINTS"
+RUN_ID_ENV = "KFP_RUN_ID"  # the KFP run id, set from the pod's `pipeline/runid` label (the Downward API)
 
 
 def checkpoint_dir(workspace: str) -> Path:
-    """Where the training tasks of a run keep their checkpoints: in the run's workspace, which outlives
-    a pod. A retried task (set_retry: a reclaimed spot node, an evicted pod) finds its checkpoint there
-    and resumes at the next epoch in the same MLflow run, as `dvc repro` does after an interruption;
-    a finished stage deletes its checkpoint. One file per model (`cgan.pt`, `vae.pt`, `classifier.pt`),
-    so the cGAN and VAE tasks, which run at the same time, never share one."""
+    """The checkpoints folder in a run's workspace (the TrainJob launchers' staging area, crypson.kfp.launcher)."""
     if not Path(workspace).is_absolute():
         raise ValueError(f"workspace {workspace!r} is not an absolute path (KFP passes its workspace mount)")
     return Path(workspace) / CHECKPOINTS
 
 
+def task_checkpoints(root: str, stage: str, params: str, inputs: Mapping[str, str]) -> Path:
+    """Where one training task keeps its checkpoint: `root/<stage>-<key>`, key = SHA-256 of what the task is
+    (its stage, its params text and every byte of its input artifacts).
+
+    `root` is a volume that outlives pods and runs (a fixed PVC on a cluster, a folder under kfp.local's
+    pipeline root). Not the run's workspace: KFP puts the names of the PVCs a task mounts into its cache
+    key, and a workspace's PVC is named after its run (kubeflow/pipelines backend/src/v2/driver/container.go,
+    GetWorkspacePVCName), so a task that mounts it can never be a cache hit in a later run. Keyed by content,
+    a retried attempt (a reclaimed node, an evicted pod) finds its own checkpoint and resumes at the next
+    epoch in the same MLflow run; a later run of the same task after a failed one resumes it too, as
+    `dvc repro` does after an interruption; two runs with other settings never share a file. A finished
+    stage deletes its checkpoint, so only interrupted work stays there.
+    """
+    if not Path(root).is_absolute():
+        raise ValueError(f"checkpoint folder {root!r} is not an absolute path")
+    digest = hashlib.sha256(f"{stage}\0{params}\0".encode())
+    for name in sorted(inputs):
+        top = Path(inputs[name])
+        files = sorted(path for path in top.rglob("*") if path.is_file()) if top.is_dir() else [top]
+        for path in files:
+            digest.update(f"{name}/{path.relative_to(top) if top.is_dir() else ''}\0".encode())
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return Path(root) / f"{stage}-{digest.hexdigest()[:16]}"
+
+
 def run_stage(stage: str, params: str, inputs: Mapping[str, str], outputs: Mapping[str, str], *,
               run_id: str = "", git_commit: str = "", results: Mapping[str, dict] | None = None,
-              workspace: str = "") -> dict:
+              checkpoints: str = "") -> dict:
     """Run one stage on artifacts.
 
     Args:
@@ -239,12 +271,13 @@ def run_stage(stage: str, params: str, inputs: Mapping[str, str], outputs: Mappi
         params: the params the stage reads (its split_params text), as JSON or YAML.
         inputs: artifact name (ARTIFACTS) -> local path of the input artifact.
         outputs: artifact name (ARTIFACTS) -> local path the output artifact is written to.
-        run_id: the KFP run id, for MLflow tags and grouping (empty for data stages).
+        run_id: the KFP run id, for MLflow tags and grouping; "": KFP_RUN_ID from the environment (the
+            pipeline sets it from the pod's label, so the run id is no input of a task that KFP may cache).
         git_commit: the code's commit, recorded on MLflow runs (empty: ask git).
         results: earlier stages' result JSON by metrics name (`evaluate`, `attacks`), for attack and promote.
-        workspace: the run's workspace folder (KFP's workspace volume, shared by the run's tasks and kept
-            while the run lasts), where a training stage keeps its checkpoint (`checkpoint_dir`); "": in
-            the task's temporary folder, lost with the pod.
+        checkpoints: the folder of the training tasks' checkpoints (`task_checkpoints` picks this task's
+            subfolder); "": CRYPSON_CHECKPOINTS from the environment; neither: the task's temporary
+            folder, lost with the pod.
     Returns:
         The stage's result JSON (RESULTS), or {} for a stage without one.
     """
@@ -264,9 +297,14 @@ def run_stage(stage: str, params: str, inputs: Mapping[str, str], outputs: Mappi
         for name, values in (results or {}).items():
             layout.metrics(name).parent.mkdir(parents=True, exist_ok=True)
             layout.metrics(name).write_text(json.dumps(values))
-        with task_environment(run_id, git_commit):
+        checkpoints = checkpoints or os.environ.get(CHECKPOINTS_ENV, "")
+        if checkpoints and stage in TRAINING_STAGES:
+            kept = task_checkpoints(checkpoints, stage, params, inputs)
+        else:
+            kept = None
+        with task_environment(run_id or os.environ.get(RUN_ID_ENV, ""), git_commit):
             run_stage_in(stage, config, layout.root, params.encode(), progress=False, track_data=False,
-                         checkpoints=checkpoint_dir(workspace) if workspace else None)
+                         checkpoints=kept)
         for name, path in outputs.items():
             copy_path(ARTIFACTS[name](layout), Path(path))
         result = RESULTS.get(stage)
@@ -301,7 +339,12 @@ def numeric_metrics(results: Mapping[str, Any], prefix: str = "") -> dict[str, f
 
 
 def log_metrics(artifact: MetricsArtifact, results: Mapping[str, Any]) -> dict[str, float]:
-    """Log a stage's numeric results on a KFP Metrics artifact (drawn in the run's UI).
+    """Log a stage's numeric results on a KFP Metrics artifact (drawn in the run's UI), and write them to
+    the artifact's file as JSON.
+
+    KFP keeps a Metrics artifact's values in its metadata and writes no file; the file makes the artifact
+    a real object in the pipeline root (readable without the KFP UI), and it is what lets kfp.local's cache
+    reuse the task: kfp.local treats a cache entry whose artifact has no file as broken (a cache miss).
 
     Returns:
         What was logged: the component's output for the gate and promotion. A value that could
@@ -310,6 +353,7 @@ def log_metrics(artifact: MetricsArtifact, results: Mapping[str, Any]) -> dict[s
     values = numeric_metrics(results)
     for name, value in values.items():
         artifact.log_metric(name, value)
+    atomic_write_bytes(Path(artifact.path), json.dumps(values, indent=1, sort_keys=True).encode())
     return values
 
 
