@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytest.importorskip("kfp")
-
 from google.protobuf import json_format  # noqa: E402
 from kfp.kubernetes import kubernetes_executor_config_pb2  # noqa: E402
 from kfp.pipeline_spec import pipeline_spec_pb2  # noqa: E402

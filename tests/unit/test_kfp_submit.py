@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-kfp = pytest.importorskip("kfp")
+import kfp  # noqa: E402
 import kfp_server_api  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
