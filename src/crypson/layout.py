@@ -21,8 +21,9 @@ class Layout:
     """Paths of every stage output under one root (the repo for `dvc repro`, a work dir elsewhere).
 
     Training checkpoints live under `root/checkpoints` unless `checkpoints` names another folder: on
-    Kubeflow the task's work dir dies with its pod, so the checkpoints go to the run's workspace volume,
-    where a retried task finds them (crypson.kfp.runtime).
+    Kubeflow the task's work dir dies with its pod, so a training task's checkpoints go to the PVC
+    `crypson-checkpoints` (CRYPSON_CHECKPOINTS, crypson.kfp.runtime.task_checkpoints), or to the run's
+    workspace for a TrainJob, where a retry finds them.
     """
 
     root: Path = Path(".")
