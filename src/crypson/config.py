@@ -130,6 +130,8 @@ class ClassifierConfig(_TrainConfig):
     hidden: int = Field(512, ge=1)
     dropout: float = Field(0.2, ge=0, lt=1)
     generated_fraction: float = Field(0.5, ge=0, lt=1)  # share of training latents from cGAN images
+    # fresh cGAN images per class that fit per-class logit offsets for the worst class (Group DRO); 0 = none
+    calibration_per_class: int = Field(1500, ge=0, le=100_000)
 
 
 class EvaluateConfig(_Section):
@@ -171,7 +173,7 @@ class CipherConfig(_Section):
     modular_range: float = Field(6.0, gt=0, le=1000)
     models: str = Field("champion", min_length=1)  # registry alias, or a folder holding models/
     # cGAN images drawn for every character; the sender sends the one its classifier reads back best
-    candidates: int = Field(6, ge=1, le=64, strict=True)
+    candidates: int = Field(5, ge=1, le=64, strict=True)
 
     @property
     def scheme_settings(self) -> dict[str, float]:

@@ -27,7 +27,7 @@ from crypson.compute import derived_seed, resolve_device, seed_everything
 from crypson.config import Config, section_params
 from crypson.data.prepare import PreparedData, load_prepared
 from crypson.evaluate import figures
-from crypson.inference import chunked, sample_per_class
+from crypson.inference import chunked, inference_chunk, sample_per_class
 from crypson.files import atomic_write_json
 from crypson.models import cgan as cgan_model
 from crypson.models import classifier as classifier_model
@@ -284,6 +284,27 @@ def _generated_latents(layout: Layout, vae: torch.nn.Module, count: int, classes
     return mu[:count].cpu(), logvar[:count].cpu(), labels[:count], kept_fraction
 
 
+def _calibrate_worst_class(classifier: torch.nn.Module, layout: Layout, vae: torch.nn.Module, per_class: int,
+                           classes: int, seed: int, device: torch.device) -> None:
+    """Fold per-class logit offsets (classifier_train.fit_class_offsets) into the classifier's last bias,
+    fitted on `per_class` fresh cGAN images of every class (unfiltered: what the sender draws); log the
+    worst class's accuracy on them before and after. The network's shape and files stay as they are."""
+    mu, _, labels, _ = _generated_latents(layout, vae, per_class * classes, classes, seed, device, False)
+    classifier.eval()
+    logits = chunked(lambda batch: classifier(batch.to(device)).float().cpu(), mu, inference_chunk(device))
+    offsets = classifier_train.fit_class_offsets(logits, labels, classes)
+    before = classifier_train.per_class_accuracy(logits, labels, classes)
+    after = classifier_train.per_class_accuracy(logits + offsets, labels, classes)
+    with torch.no_grad():
+        classifier.head[-1].bias += offsets.to(classifier.head[-1].bias.device)
+    mlflow.log_metrics({"calibration_worst_class_accuracy_before": float(before.min()),
+                        "calibration_worst_class_accuracy_after": float(after.min()),
+                        "calibration_mean_accuracy_after": float(after.mean()),
+                        "calibration_max_abs_offset": float(offsets.abs().max())})
+    log.info("classifier calibration on %d cGAN images a class: worst class %.4f -> %.4f (largest offset %.2f)",
+             per_class, float(before.min()), float(after.min()), float(offsets.abs().max()))
+
+
 @_in_process_group
 def train_classifier(config: Config, layout: Layout, context: tracking.TrackingContext | None,
                      progress: bool = True) -> dict:
@@ -337,8 +358,11 @@ def train_classifier(config: Config, layout: Layout, context: tracking.TrackingC
         # Share of drawn cGAN images the discriminator's class head confirmed (1.0: no class head, all used).
         mlflow.log_metric("generated_undisputed_fraction", kept_fraction)
         classifier.load_state_dict(result.best_state["classifier"])
+        if section.calibration_per_class > 0:
+            _calibrate_worst_class(classifier, layout, vae, section.calibration_per_class, classes,
+                                   derived_seed(config.seed, "classifier-calibration"), settings.device)
         model_files.save_model(layout.model_file("classifier"), "classifier", params,
-                             result.best_state["classifier"], data.classes)
+                             classifier.state_dict(), data.classes)
         log_loss_curves(result.history, [k for k in result.history[0] if k.startswith("val_accuracy")],
                         "accuracy_curves.png")
         logged = tracking.log_network(classifier, layout.model_file("classifier"), "classifier",

@@ -15,6 +15,54 @@ from crypson.models.classifier import LatentClassifier
 from crypson.models.vae import VAE
 from crypson.train.vae import to_unit_range
 
+# fit_class_offsets: the soft maximum's temperature over per-class losses, and its optimiser's schedule.
+OFFSET_TEMPERATURE = 0.2
+OFFSET_STEPS = 400
+OFFSET_LR = 0.05
+
+
+def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K,) share of each class's rows whose largest logit is their class (NaN for a class without rows)."""
+    hits = (logits.argmax(1) == labels).float()
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    return torch.zeros(num_classes).index_add(0, labels, hits) / counts
+
+
+def fit_class_offsets(logits: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                      temperature: float = OFFSET_TEMPERATURE, steps: int = OFFSET_STEPS,
+                      lr: float = OFFSET_LR) -> torch.Tensor:
+    """Per-class offsets b (K,) added to fixed logits, fitted so that the worst class's loss is small.
+
+    The sender draws k images of a character and fails only when all k are misread, so the cipher's
+    misread chance is set by the worst class's single-image error, not by the mean. Group DRO (Sagawa et
+    al. 2020, "Distributionally Robust Neural Networks", with the classes as the groups) minimises the
+    largest per-group loss; here only the logits' per-class offsets are fitted (post-hoc logit
+    adjustment, Menon et al. 2021), which moves each decision boundary between a class and its
+    neighbours without retraining: minimise  t * logsumexp_c(CE_c(logits + b) / t), CE_c the mean
+    cross-entropy of class c's rows, a smooth maximum over classes (t -> 0: the maximum). Convex in b.
+
+    Args:
+        logits: (N, K) the trained classifier's logits on held-out rows (fresh cGAN images' latents: what
+            the cipher classifies), every class present.
+        labels: (N,) their classes.
+    Returns:
+        b, (K,), mean zero (a common shift changes no decision).
+    """
+    counts = torch.bincount(labels, minlength=num_classes)
+    if int(counts.min()) == 0:
+        missing = [c for c in range(num_classes) if counts[c] == 0]
+        raise ValueError(f"fit_class_offsets needs rows of every class; none for class indices {missing}")
+    logits, offsets = logits.detach().float(), torch.zeros(num_classes, requires_grad=True)
+    optimiser = torch.optim.Adam([offsets], lr=lr)
+    for _ in range(steps):
+        losses = F.cross_entropy(logits + offsets, labels, reduction="none")
+        per_class = torch.zeros(num_classes).index_add(0, labels, losses) / counts
+        objective = temperature * torch.logsumexp(per_class / temperature, 0)
+        optimiser.zero_grad()
+        objective.backward()
+        optimiser.step()
+    return (offsets - offsets.mean()).detach()
+
 
 def encode_images(vae: VAE, images_u8: torch.Tensor, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior (mu, logvar) of every image, computed once: the encoder is frozen here."""
