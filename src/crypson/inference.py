@@ -76,7 +76,10 @@ def sample_per_class(generator: Generator, per_class: int, seed: int) -> tuple[t
         device = generator.label_embedding.weight.device
         labels = torch.arange(generator.num_classes, device=device).repeat_interleave(per_class)
         noise = generator.sample_noise(len(labels), torch.Generator(device=device).manual_seed(seed))
-        images = generator.to_unit_range(generator(noise, labels))
+        # In chunks: eval-mode BatchNorm treats each image alone, and one pass over tens of thousands of images
+        # would hold every layer's activations at once (a report-width generator: tens of GB).
+        images = chunked(lambda rows: generator.to_unit_range(generator(noise[rows], labels[rows])).float().cpu(),
+                         torch.arange(len(labels), device=device), inference_chunk(device))
     finally:
         generator.train(was_training)
-    return images.float().cpu(), labels.cpu()
+    return images, labels.cpu()
