@@ -362,7 +362,8 @@ def train_classifier(config: Config, layout: Layout, context: tracking.TrackingC
             _calibrate_worst_class(classifier, layout, vae, section.calibration_per_class, classes,
                                    derived_seed(config.seed, "classifier-calibration"), settings.device)
         model_files.save_model(layout.model_file("classifier"), "classifier", params,
-                             classifier.state_dict(), data.classes)
+                               {key: value.detach().cpu() for key, value in classifier.state_dict().items()},
+                               data.classes)
         log_loss_curves(result.history, [k for k in result.history[0] if k.startswith("val_accuracy")],
                         "accuracy_curves.png")
         logged = tracking.log_network(classifier, layout.model_file("classifier"), "classifier",
