@@ -187,13 +187,9 @@ def test_local_run_makes_embedded_store_paths_absolute(tmp_path):
                                                                       "artifact_dir": "/srv/artifacts"}
 
 
-def test_checkpoints_go_to_the_workspace_and_a_relative_one_is_refused(tmp_path):
-    assert runtime.checkpoint_dir(str(tmp_path)) == tmp_path / "checkpoints"
-    assert Layout(tmp_path / "work", runtime.checkpoint_dir(str(tmp_path))).checkpoint("vae") == (
-        tmp_path / "checkpoints" / "vae.pt")
+def test_a_layout_keeps_checkpoints_in_its_own_folder_unless_told_another(tmp_path):
+    assert Layout(tmp_path / "work", tmp_path / "pvc").checkpoint("vae") == tmp_path / "pvc" / "vae.pt"
     assert Layout(tmp_path / "work").checkpoint("vae") == tmp_path / "work" / "checkpoints" / "vae.pt"
-    with pytest.raises(ValueError, match="'kfp-workspace' is not an absolute path"):
-        runtime.checkpoint_dir("kfp-workspace")
 
 
 def test_task_checkpoints_are_named_by_stage_params_and_every_input_byte(tmp_path):

@@ -159,7 +159,9 @@ def deleted_on_termination(jobs: TrainJobs, name: str) -> Iterator[None]:
 def stage_root(workspace: str, stage: str) -> Path:
     """The stage's Layout in the run's workspace: what the TrainJob's pods read and write (its checkpoints too,
     in the Layout's own checkpoints/ folder)."""
-    return runtime.checkpoint_dir(workspace).parent / STAGING / stage  # checkpoint_dir refuses a relative workspace
+    if not Path(workspace).is_absolute():
+        raise ValueError(f"workspace {workspace!r} is not an absolute path (KFP passes its workspace mount)")
+    return Path(workspace) / STAGING / stage
 
 
 def run_stage(stage: str, params: str, inputs: Mapping[str, str], outputs: Mapping[str, str], *, run_id: str,

@@ -220,18 +220,10 @@ def task_environment(run_id: str, git_commit: str) -> Iterator[None]:
 
 
 TRAINING_STAGES = ("train_cgan", "train_vae", "train_classifier")  # the stages that keep checkpoints
-CHECKPOINTS = "checkpoints"  # the folder of the training checkpoints in the run's workspace (TrainJob launchers)
 # The training tasks' checkpoint folder on a cluster: a fixed volume (pipelines/crypson_pipeline.py mounts the
 # PVC there and sets this variable), kept across runs so that KFP can cache the tasks (see task_checkpoints).
 CHECKPOINTS_ENV = "CRYPSON_CHECKPOINTS"
 RUN_ID_ENV = "KFP_RUN_ID"  # the KFP run id, set from the pod's `pipeline/runid` label (the Downward API)
-
-
-def checkpoint_dir(workspace: str) -> Path:
-    """The checkpoints folder in a run's workspace (the TrainJob launchers' staging area, crypson.kfp.launcher)."""
-    if not Path(workspace).is_absolute():
-        raise ValueError(f"workspace {workspace!r} is not an absolute path (KFP passes its workspace mount)")
-    return Path(workspace) / CHECKPOINTS
 
 
 def task_checkpoints(root: str, stage: str, params: str, inputs: Mapping[str, str]) -> Path:

@@ -27,6 +27,7 @@ from crypson.compute import derived_seed, resolve_device, seed_everything
 from crypson.config import Config, section_params
 from crypson.data.prepare import PreparedData, load_prepared
 from crypson.evaluate import figures
+from crypson.evaluate.metrics import accuracy_from_confusion, confusion_matrix
 from crypson.inference import chunked, inference_chunk, sample_per_class
 from crypson.files import atomic_write_json
 from crypson.models import cgan as cgan_model
@@ -293,8 +294,8 @@ def _calibrate_worst_class(classifier: torch.nn.Module, layout: Layout, vae: tor
     classifier.eval()
     logits = chunked(lambda batch: classifier(batch.to(device)).float().cpu(), mu, inference_chunk(device))
     offsets = classifier_train.fit_class_offsets(logits, labels, classes)
-    before = classifier_train.per_class_accuracy(logits, labels, classes)
-    after = classifier_train.per_class_accuracy(logits + offsets, labels, classes)
+    before, after = (torch.tensor(accuracy_from_confusion(confusion_matrix(shifted.argmax(1), labels, classes))[1])
+                     for shifted in (logits, logits + offsets))
     with torch.no_grad():
         classifier.head[-1].bias += offsets.to(classifier.head[-1].bias.device)
     mlflow.log_metrics({"calibration_worst_class_accuracy_before": float(before.min()),

@@ -21,13 +21,6 @@ OFFSET_STEPS = 400
 OFFSET_LR = 0.05
 
 
-def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(K,) share of each class's rows whose largest logit is their class (NaN for a class without rows)."""
-    hits = (logits.argmax(1) == labels).float()
-    counts = torch.bincount(labels, minlength=num_classes).float()
-    return torch.zeros(num_classes).index_add(0, labels, hits) / counts
-
-
 def fit_class_offsets(logits: torch.Tensor, labels: torch.Tensor, num_classes: int,
                       temperature: float = OFFSET_TEMPERATURE, steps: int = OFFSET_STEPS,
                       lr: float = OFFSET_LR) -> torch.Tensor:
