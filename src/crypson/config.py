@@ -151,6 +151,9 @@ class AttackConfig(_Section):
     restarts: int = Field(3, ge=1, le=100)  # fresh initialisations of each learned attacker; the best counts
     epochs: int = Field(20, ge=1, le=10_000)  # training epochs of each learned attacker
     timestep_grid: int = Field(256, ge=1, le=1 << 20)  # candidate timesteps the timestep search tries
+    # single cGAN images per class, drawn as the sender draws them, beyond the attackers' characters, that
+    # measure the sender's check (each class's single-image read-back and its Wilson bound); 0 = none more
+    sender_trials_per_class: int = Field(2000, ge=0, le=1_000_000)
     # channel-noise standard deviations (latent units) for the receiver's accuracy curve
     noise_levels: tuple[Annotated[float, Field(ge=0, le=100)], ...] = Field((0.0, 0.1, 0.25, 0.5, 1.0),
                                                                             min_length=1)
@@ -173,7 +176,7 @@ class CipherConfig(_Section):
     modular_range: float = Field(6.0, gt=0, le=1000)
     models: str = Field("champion", min_length=1)  # registry alias, or a folder holding models/
     # cGAN images drawn for every character; the sender sends the one its classifier reads back best
-    candidates: int = Field(5, ge=1, le=64, strict=True)
+    candidates: int = Field(4, ge=1, le=64, strict=True)
 
     @property
     def scheme_settings(self) -> dict[str, float]:

@@ -25,8 +25,8 @@ FEW_BATCHES = {
     "classifier": {"epochs": 1, "batch_size": 32, "max_train_batches": 2},
     "evaluate": {"generated_per_class": 2, "reference_epochs": 1, "grid_per_class": 1, "tsne_points": 100,
                  "truncation_levels": [None, 1.0]},
-    "attack": {"train_per_class": 3, "test_per_class": 2, "restarts": 1, "epochs": 1, "timestep_grid": 4,
-               "noise_levels": [0.0]},
+    "attack": {"train_per_class": 3, "test_per_class": 2, "sender_trials_per_class": 5, "restarts": 1, "epochs": 1,
+               "timestep_grid": 4, "noise_levels": [0.0]},
     "promote": {"min_accuracy_real": 0.0, "min_accuracy_generated": 0.0, "min_psnr_db": 0.0,
                 "min_class_consistency": None, "max_attacker_advantage": None},
 }
@@ -66,6 +66,10 @@ def test_preset_runs_end_to_end_on_a_few_batches(preset, in_folder):
     evaluation = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     assert 0 <= evaluation["reference_accuracy_real"] <= 1
     assert "class_consistency_truncation_1" in evaluation and "class_consistency_untruncated" in evaluation
+    # The sender's check pools the attackers' 3 + 2 characters a class with ceil(5 / k) more, k images each.
+    attacks, k = json.loads((tmp_path / "metrics" / "attacks.json").read_text()), config.cipher.candidates
+    assert attacks["sender_candidates"] == k
+    assert attacks["sender_single_image_trials_min"] == (3 + 2 + -(-5 // k)) * k
     generator = torch.load(tmp_path / "models" / "cgan" / "generator.pt", weights_only=True)
     # What the preset asked for is what was built and saved.
     assert generator["hparams"]["width"] == config.cgan.generator_width

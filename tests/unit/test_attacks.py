@@ -334,7 +334,7 @@ def test_security_quality_report_shows_the_numbers(data):
         api_takes_nonce=False, sender=SenderCheck(4, ("A", "B"), (200, 2000), (200, 2000), 0.0125))
     for expected in ("0.432", "12.35", "| linear-probe | 0.260 (0.240-0.280)", "0.777", "| 0.062 | 1 | 16 |",
                      "| yes | 0.800", "20.00", "take no nonce", "## Quality", "### Nonce reuse", "(configured)",
-                     "k = 4 candidate images", "(550 characters, 2200 candidates) 1.25% had no candidate",
+                     "k = 4 candidate images", "(550 characters, 2200 candidates), 1.25% had no candidate",
                      # class A, 200 of 200 read back: q = z^2 / (n + z^2) = 3.8416 / 203.8416 = 0.018846
                      "| A | 200/200 | 1.0000 | 0.0188 | 1.3e-07 |", "Worst class 'A': q = 0.0188, q^4 = 1.3e-07",
                      "needs k >= 4", "the configured k = 4 meets it"):

@@ -55,6 +55,24 @@ def test_the_advantage_gate_reads_the_largest_lower_bound():
     assert math.isnan(advantage_lower_bound([]))
 
 
+def test_the_sender_check_pools_every_draw_per_class():
+    from crypson.cipher.codec import Checked
+    from crypson.stages.attack import _sender_check
+
+    def draw(labels, reads):  # k = 2 candidates a character; `reads` per character, as (bool, bool)
+        read = torch.tensor(reads)
+        margin = torch.where(read.any(1), 1.0, -1.0)  # > 0 exactly when some candidate was read back
+        return torch.tensor(labels), Checked(torch.zeros(len(labels), 8), margin, read)
+
+    first = draw([0, 1], [(True, True), (False, False)])
+    second = draw([1, 1, 0], [(True, False), (True, True), (False, True)])
+    check = _sender_check(("A", "B"), [first, second])
+    assert check.candidates == 2 and check.classes == ("A", "B")
+    assert check.trials == (4, 6)  # A: 2 characters, B: 3, two candidates each
+    assert check.reads == (3, 3)  # A: 2 + 1; B: 0 + 1 + 2
+    assert check.no_correct_fraction == pytest.approx(1 / 5)  # B's first character only
+
+
 @pytest.fixture
 def registered(tmp_path, monkeypatch):
     """Three registered models (two versions each) in a real embedded store, and a run's folder."""

@@ -39,7 +39,7 @@ MODEL_KINDS = ("cgan", "vae", "classifier")
 SETTING_PREFIX = "mask."
 # Candidate images per character; params.yaml's cipher.candidates sets it from the measured
 # single-image accuracy (the security-and-quality report shows the calculation).
-DEFAULT_CANDIDATES = 5  # params.yaml cipher.candidates (tests/unit/test_config.py holds them equal)
+DEFAULT_CANDIDATES = 4  # params.yaml cipher.candidates (tests/unit/test_config.py holds them equal)
 
 log = logging.getLogger(__name__)
 # Its one warning (characters sent misread, when allowed) must reach stderr or the server's log even where a library

@@ -36,7 +36,8 @@ MISREAD_TARGET = 1e-6
 
 @dataclass(frozen=True)
 class SenderCheck:
-    """The sender's check (codec.draw_candidates) on every character the attack suite drew (training and test)."""
+    """The sender's check (codec.draw_candidates) on every character the attack stage drew: the attack suite's
+    (training and test) and `attack.sender_trials_per_class` more single images a class."""
 
     candidates: int  # k, images drawn for every character
     classes: tuple[str, ...]
@@ -154,8 +155,9 @@ def _sender_lines(sender: SenderCheck, worst: int = 5) -> list[str]:
              "pass: the networks see N x k inputs for N characters whatever the letters, so encryption time shows "
              "the length, not the text. It sends the candidate its copy of the receiver's classifier reads back with "
              "the largest margin (true-class logit minus the largest other); a message with a character that no "
-             "candidate reads back is refused (`--allow-misread` sends it). On every character the attack suite drew "
-             f"({sum(sender.trials) // k} characters, {sum(sender.trials)} candidates) "
+             "candidate reads back is refused (`--allow-misread` sends it). On every character drawn here, the attack "
+             "suite's and those drawn for this check alone (`attack.sender_trials_per_class`) "
+             f"({sum(sender.trials) // k} characters, {sum(sender.trials)} candidates), "
              f"{sender.no_correct_fraction:.2%} had no candidate read back; the attacks below run on the chosen "
              "latents, as sent.", "",
              "Misread chance per character, assuming independent draws: max over classes c of q_c^k, with q_c the "

@@ -52,8 +52,15 @@ def _cipher_latents(models: codec.CipherModels, per_class: int, seed: int, candi
     return checked.latents, labels, checked
 
 
-def _sender_check(classes: tuple[str, ...], labels: torch.Tensor, checked: codec.Checked) -> SenderCheck:
-    """Per class, how many single candidates the receiver read back; the characters with none."""
+def _sender_check(classes: tuple[str, ...], draws: list[tuple[torch.Tensor, codec.Checked]]) -> SenderCheck:
+    """Per class, how many single candidates the receiver read back; the characters with none.
+
+    draws: (labels, what the sender's check found) of each batch of characters drawn; all of them are
+    fresh, independent trials of the check, pooled.
+    """
+    labels = torch.cat([labels for labels, _ in draws])
+    checked = codec.Checked(*(torch.cat([getattr(c, name) for _, c in draws])
+                              for name in ("latents", "margin", "candidate_read")))
     per_class = [checked.candidate_read[labels == c] for c in range(len(classes))]  # each (n_c, k)
     return SenderCheck(checked.candidate_read.shape[1], tuple(classes), tuple(int(r.sum()) for r in per_class),
                        tuple(r.numel() for r in per_class), float((~checked.read_back).float().mean()))
@@ -107,10 +114,16 @@ def attack(config: Config, layout: Layout, context: tracking.TrackingContext) ->
         models, settings.test_per_class, derived_seed(config.seed, "attack-test"), cipher.candidates, sent)
     # Every character the sender drew here is a fresh, independent trial of its check: all of them
     # bound the per-class single-image error rate (the attackers' train/test split does not matter here).
-    sender = _sender_check(classes, torch.cat([train_labels, test_labels]),
-                           codec.Checked(torch.cat([train_checked.latents, test_checked.latents]),
-                                         torch.cat([train_checked.margin, test_checked.margin]),
-                                         torch.cat([train_checked.candidate_read, test_checked.candidate_read])))
+    # The attackers' characters alone (80 a class) leave that bound loose: ceil(n / k) more characters a
+    # class, drawn the same way, bring each class's trials to at least n = attack.sender_trials_per_class.
+    draws = [(train_labels, train_checked), (test_labels, test_checked)]
+    more = -(-settings.sender_trials_per_class // cipher.candidates)
+    if more:
+        with Progress("sender check", 1).step(f"{more} more characters a class, {cipher.candidates} candidates each"):
+            _, labels, checked = _cipher_latents(models, more, derived_seed(config.seed, "attack-sender"),
+                                                 cipher.candidates, sent)
+        draws.append((labels, checked))
+    sender = _sender_check(classes, draws)
     k = sender.candidates
     with torch.no_grad():
         receiver = float((classifier(test_latents).argmax(1) == test_labels).float().mean())
@@ -134,6 +147,7 @@ def attack(config: Config, layout: Layout, context: tracking.TrackingContext) ->
         "sender_candidates": k,
         "sender_single_image_read_back": {name: round(r / n, 6)
                                           for name, r, n in zip(classes, sender.reads, sender.trials)},
+        "sender_single_image_trials_min": min(sender.trials),  # the fewest of any class: the loosest bound's n
         "sender_no_correct_fraction": round(sender.no_correct_fraction, 6),
         "sender_misread_chance": misread_chance(max(class_error_bounds(sender.reads, sender.trials)), k),
         # JSON has no NaN: an advantage that cannot be measured (receiver at chance) is null.
@@ -182,6 +196,7 @@ def _write_outputs(config, layout, summary, results, images, nonce, levels, nois
 
     tracking.log_params({"attack.train_per_class": settings.train_per_class,
                          "attack.test_per_class": settings.test_per_class,
+                         "attack.sender_trials_per_class": settings.sender_trials_per_class,
                          "attack.message_length": settings.message_length,
                          "attack.noise_levels": json.dumps(levels), "cipher.scheme": config.cipher.scheme,
                          "cipher.candidates": config.cipher.candidates})
