@@ -153,7 +153,7 @@ class AttackConfig(_Section):
     timestep_grid: int = Field(256, ge=1, le=1 << 20)  # candidate timesteps the timestep search tries
     # single cGAN images per class, drawn as the sender draws them, beyond the attackers' characters, that
     # measure the sender's check (each class's single-image read-back and its Wilson bound); 0 = none more
-    sender_trials_per_class: int = Field(2000, ge=0, le=1_000_000)
+    sender_trials_per_class: int = Field(4000, ge=0, le=1_000_000)
     # channel-noise standard deviations (latent units) for the receiver's accuracy curve
     noise_levels: tuple[Annotated[float, Field(ge=0, le=100)], ...] = Field((0.0, 0.1, 0.25, 0.5, 1.0),
                                                                             min_length=1)
