@@ -162,10 +162,10 @@ def test_a_killed_training_task_resumes_from_its_checkpoint_to_the_same_weights(
     assert vae_run["steps"] == [0, 1]  # each epoch's metrics once
     (model,) = (folder / "outputs").glob("crypson-*/train-vae/vae")
     assert json.loads((model / "registration.json").read_text())["run_id"] == vae_run["id"]
-    # The checkpoint lived in the pipeline root's checkpoints/ (a PVC on a cluster), in the task's own folder,
-    # and the finished stage deleted it.
-    (kept,) = (folder / "outputs" / "checkpoints").glob("train_vae-*")
-    assert not list(kept.iterdir())
+    # The checkpoint lived in the pipeline root's checkpoints/ (a PVC on a cluster), in the task's own folder
+    # (the resume above found it there), and the finished stage deleted it, folder and all.
+    assert (folder / "outputs" / "checkpoints").is_dir()
+    assert not list((folder / "outputs" / "checkpoints").glob("train_vae-*"))
 
     # The same task, uninterrupted, on the same data and settings, in a store of its own.
     (split,) = (folder / "outputs").glob("crypson-*/split-params/executor_output.json")

@@ -218,6 +218,8 @@ def test_run_stage_takes_the_run_id_and_checkpoint_folder_from_the_pods_environm
 
     def stage(stage, config, root, params, **options):  # crypson.stages.runner.run_stage, recorded
         seen[stage] = (options["checkpoints"], os.environ.get("KFP_RUN_ID"), os.environ.get("CRYPSON_EXECUTION_ID"))
+        if options["checkpoints"] is not None:  # training writes there, and deletes its file when it finishes
+            options["checkpoints"].mkdir(parents=True)
         result = runtime.RESULTS[stage](Layout(root))
         result.parent.mkdir(parents=True, exist_ok=True)
         result.write_text("{}")
@@ -236,4 +238,5 @@ def test_run_stage_takes_the_run_id_and_checkpoint_folder_from_the_pods_environm
     expected = runtime.task_checkpoints(str(tmp_path / "pvc"), "train_vae", params, {"prepared": str(prepared)})
     assert seen["train_vae"] == (expected, "run-7f3", "run-7f3")
     assert seen["evaluate"] == (None, "run-7f3", "run-7f3")  # only training keeps checkpoints
+    assert not expected.exists() and (tmp_path / "pvc").is_dir()  # the finished task's empty folder went
     assert "CRYPSON_EXECUTION_ID" not in os.environ  # set for the stage only

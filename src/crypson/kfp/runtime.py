@@ -11,6 +11,7 @@ module is tested without a KFP runtime.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -237,7 +238,7 @@ def task_checkpoints(root: str, stage: str, params: str, inputs: Mapping[str, st
     a retried attempt (a reclaimed node, an evicted pod) finds its own checkpoint and resumes at the next
     epoch in the same MLflow run; a later run of the same task after a failed one resumes it too, as
     `dvc repro` does after an interruption; two runs with other settings never share a file. A finished
-    stage deletes its checkpoint, so only interrupted work stays there.
+    stage deletes its checkpoint and `run_stage` its empty folder, so only interrupted work stays there.
     """
     if not Path(root).is_absolute():
         raise ValueError(f"checkpoint folder {root!r} is not an absolute path")
@@ -297,6 +298,9 @@ def run_stage(stage: str, params: str, inputs: Mapping[str, str], outputs: Mappi
         with task_environment(run_id or os.environ.get(RUN_ID_ENV, ""), git_commit):
             run_stage_in(stage, config, layout.root, params.encode(), progress=False, track_data=False,
                          checkpoints=kept)
+        if kept is not None:  # finished: its checkpoint file is gone; the folder goes too if nothing else is in it
+            with contextlib.suppress(OSError):
+                kept.rmdir()
         for name, path in outputs.items():
             copy_path(ARTIFACTS[name](layout), Path(path))
         result = RESULTS.get(stage)
