@@ -146,6 +146,14 @@ def _bucket_ready(config: StackConfig, creds: Credentials) -> bool:
                           config=BotoConfig(retries={"max_attempts": 1}))
     try:
         client.head_bucket(Bucket=config.bucket)
+        # After a restart SeaweedFS answers for the bucket (the filer's metadata) before its volume server
+        # has reported the volumes that hold the objects; a read then fails with InternalError. Ready
+        # means an object, where there is one, reads back.
+        listed = client.list_objects_v2(Bucket=config.bucket, MaxKeys=1).get("Contents", [])
+        if listed:  # the first byte only (an empty object has no byte range to ask for)
+            body = client.get_object(Bucket=config.bucket, Key=listed[0]["Key"])["Body"]
+            body.read(1)
+            body.close()
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
         return False
     return True
