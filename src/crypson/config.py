@@ -165,6 +165,8 @@ class PromoteConfig(_Section):
     min_psnr_db: float = Field(20.0, ge=0)
     max_attacker_advantage: float | None = Field(0.02, ge=0, le=1)  # for cipher.scheme; null = no gate
     min_class_consistency: float | None = Field(0.95, ge=0, le=1)  # cGAN images the judge puts in their class; null = none
+    # the sender's misread chance per character at cipher.candidates (the attack stage's bound); null = no gate
+    max_sender_misread_chance: float | None = Field(1e-6, ge=0, le=1)
 
 
 class CipherConfig(_Section):

@@ -28,7 +28,7 @@ FEW_BATCHES = {
     "attack": {"train_per_class": 3, "test_per_class": 2, "sender_trials_per_class": 5, "restarts": 1, "epochs": 1,
                "timestep_grid": 4, "noise_levels": [0.0]},
     "promote": {"min_accuracy_real": 0.0, "min_accuracy_generated": 0.0, "min_psnr_db": 0.0,
-                "min_class_consistency": None, "max_attacker_advantage": None},
+                "min_class_consistency": None, "max_attacker_advantage": None, "max_sender_misread_chance": None},
 }
 
 

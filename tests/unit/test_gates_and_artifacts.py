@@ -25,18 +25,38 @@ def test_gates_report_value_threshold_and_margin():
 
 def test_unmeasured_advantage_fails_its_gate_and_null_disables_it():
     results = {"accuracy_real": 1.0, "accuracy_generated": 1.0, "psnr_db": 30.0, "default_scheme_max_advantage_ci_low": None}
-    gates = check_gates(parse_config({"promote": {"min_class_consistency": None}}), results)
-    assert [g["metric"] for g in gates if not g["passed"]] == ["default_scheme_max_advantage_ci_low"]
-    gates = check_gates(parse_config({"promote": {"max_attacker_advantage": None, "min_class_consistency": None}}),
+    gates = check_gates(parse_config({"promote": {"min_class_consistency": None, "max_sender_misread_chance": None}}),
                         results)
+    assert [g["metric"] for g in gates if not g["passed"]] == ["default_scheme_max_advantage_ci_low"]
+    gates = check_gates(parse_config({"promote": {"max_attacker_advantage": None, "min_class_consistency": None,
+                                                  "max_sender_misread_chance": None}}), results)
     assert all(g["passed"] for g in gates) and len(gates) == 3
 
 
 def test_class_consistency_gate_when_set():
     results = {"accuracy_real": 1.0, "accuracy_generated": 1.0, "psnr_db": 30.0, "class_consistency": 0.9}
-    config = parse_config({"promote": {"max_attacker_advantage": None, "min_class_consistency": 0.95}})
+    config = parse_config({"promote": {"max_attacker_advantage": None, "min_class_consistency": 0.95,
+                                       "max_sender_misread_chance": None}})
     failed = [g for g in check_gates(config, results) if not g["passed"]]
     assert [g["metric"] for g in failed] == ["class_consistency"] and failed[0]["margin"] == pytest.approx(-0.05)
+
+
+def test_the_sender_gate_reads_the_misread_chance_at_its_own_scale():
+    results = {"accuracy_real": 1.0, "accuracy_generated": 1.0, "psnr_db": 30.0}
+    config = parse_config({"promote": {"max_attacker_advantage": None, "min_class_consistency": None}})
+
+    def sender_gate(chance):
+        (gate,) = [g for g in check_gates(config, {**results, "sender_misread_chance": chance})
+                   if g["metric"] == "sender_misread_chance"]
+        return gate
+
+    assert config.promote.max_sender_misread_chance == 1e-6  # on by default
+    passed = sender_gate(1.9e-7)
+    assert passed["passed"] and passed["kind"] == "max" and passed["margin"] == pytest.approx(8.1e-7)
+    # 2e-7 over the target: a margin rounded to six decimals would read 0.0; it fails and says by how much
+    failed = sender_gate(1.2e-6)
+    assert not failed["passed"] and failed["margin"] == pytest.approx(-2e-7)
+    assert not sender_gate(None)["passed"]  # not measured: fails
 
 
 def test_the_advantage_gate_reads_the_largest_lower_bound():
@@ -111,7 +131,8 @@ def _write_metrics(layout, advantage_low: float | None) -> None:
     layout.metrics("evaluate").parent.mkdir(parents=True, exist_ok=True)
     layout.metrics("evaluate").write_text(json.dumps({"accuracy_real": 0.97, "accuracy_generated": 1.0,
                                                       "psnr_db": 22.0, "class_consistency": 0.98}))
-    layout.metrics("attacks").write_text(json.dumps({"default_scheme_max_advantage_ci_low": advantage_low}))
+    layout.metrics("attacks").write_text(json.dumps({"default_scheme_max_advantage_ci_low": advantage_low,
+                                                     "sender_misread_chance": 1.9e-7}))
 
 
 @pytest.mark.parametrize("advantage_low, promoted", [(0.0, True), (0.03, False), (None, False)])

@@ -35,8 +35,9 @@ def check_gates(config: Config, results: dict[str, float]) -> list[dict]:
     """Each gate with its value, threshold and margin (positive = room to spare).
 
     Quality gates pass when value >= threshold; the attacker-advantage gate when the lower 95% bound
-    of the best attacker's advantage is <= threshold. An advantage that could not be measured (NaN
-    or missing) fails its gate.
+    of the best attacker's advantage is <= threshold; the sender's gate when the misread chance per
+    character at cipher.candidates (the worst class's Wilson-bounded single-image error ** k) is <=
+    threshold. A value that could not be measured (NaN or missing) fails its gate.
     """
     gates = config.promote
     checks = [("accuracy_real", gates.min_accuracy_real, "min"),
@@ -46,13 +47,16 @@ def check_gates(config: Config, results: dict[str, float]) -> list[dict]:
         checks.append(("class_consistency", gates.min_class_consistency, "min"))
     if gates.max_attacker_advantage is not None:
         checks.append(("default_scheme_max_advantage_ci_low", gates.max_attacker_advantage, "max"))
+    if gates.max_sender_misread_chance is not None:
+        checks.append(("sender_misread_chance", gates.max_sender_misread_chance, "max"))
     report = []
     for metric, threshold, kind in checks:
         value = results.get(metric)
         value = math.nan if value is None else float(value)
         margin = value - threshold if kind == "min" else threshold - value
+        # six significant digits, not decimals: the misread gate's margins are of the order of 1e-7
         report.append({"metric": metric, "value": value, "threshold": threshold, "kind": kind,
-                       "margin": round(margin, 6), "passed": bool(margin >= 0)})
+                       "margin": float(f"{margin:.6g}"), "passed": bool(margin >= 0)})
     return report
 
 
